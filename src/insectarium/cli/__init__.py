@@ -1,0 +1,1 @@
+"""Command-line tools: dl-agent, dl-serve, dl-mon, dragonfly and insectarium."""

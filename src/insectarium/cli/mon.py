@@ -1,0 +1,169 @@
+"""``dl-mon``: watch dripline traffic live (requests, replies, alerts).
+
+``dl-mon -r KEYS… -a KEYS…`` binds a private queue on the requests exchange with the ``-r`` keys
+and on the alerts exchange with the ``-a`` keys, and prints every message as one readable line
+(or as JSON).  Note, as with dripline-cpp's dl-mon: while it listens on requests, a request to a
+dead endpoint is no longer "returned" (dl-mon counts as a consumer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from typing import Any
+
+from .common import add_connection_options, mesh_overrides, setup_logging
+
+OPS = {0: "set", 1: "get", 9: "cmd"}
+TYPES = {2: "reply", 3: "request", 4: "alert"}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dl-mon",
+        description="Print dripline messages as they pass through the broker.",
+        epilog="examples:\n  dl-mon -a 'sensor_value.#' 'heartbeat.#'\n  dl-mon -r '#' -a '#'\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_connection_options(parser)
+    parser.add_argument(
+        "-r",
+        "--requests-keys",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="binding keys on the requests exchange (requests and replies)",
+    )
+    parser.add_argument(
+        "-a",
+        "--alerts-keys",
+        nargs="+",
+        default=[],
+        metavar="KEY",
+        help="binding keys on the alerts exchange",
+    )
+    parser.add_argument(
+        "--json-print", action="store_true", help="one compact JSON object per message"
+    )
+    parser.add_argument("--pretty-print", action="store_true", help="indented JSON per message")
+    parser.add_argument("-n", "--count", type=int, default=0, help="exit after this many messages")
+    return parser
+
+
+def describe_line(msg: Any, exchange: str) -> str:
+    """One rich-markup line per message; text from the wire is escaped."""
+    from rich.markup import escape
+
+    kind = TYPES.get(msg.message_type, f"type{msg.message_type}")
+    when = msg.timestamp[11:23] if len(msg.timestamp) >= 23 else msg.timestamp
+    sender = msg.sender_info.get("service_name") or "?"
+    host = msg.sender_info.get("hostname") or "?"
+    parts = [f"[dim]{when}[/dim]", f"[bold]{kind:7}[/bold]"]
+    if msg.message_type == 3:
+        parts.append(f"{OPS.get(msg.message_operation, msg.message_operation)}")
+    parts.append(f"[cyan]{escape(msg.routing_key)}[/cyan]")
+    if msg.specifier:
+        parts.append(f"-s {escape(msg.specifier)}")
+    if msg.message_type == 2:
+        colour = "green" if msg.return_code < 100 else "red"
+        parts.append(f"[{colour}]{msg.return_code}[/{colour}] {escape(msg.return_message)}")
+    parts.append(escape(f"from {sender}@{host}"))
+    body = json.dumps(msg.payload, default=str)
+    if len(body) > 200:
+        body = body[:197] + "..."
+    if not msg.is_valid:
+        body = f"[red]INVALID: {escape(msg.error)}[/red]"
+        return " ".join([*parts, body])
+    parts.append(escape(f"→ {body}"))
+    return " ".join(parts)
+
+
+async def monitor(args: argparse.Namespace) -> int:
+    import aio_pika
+    from rich.console import Console
+
+    from ..dripline import Authentication
+    from ..dripline.chunking import Delivery, Reassembler
+    from ..dripline.config import load_mesh
+    from ..dripline.connection import Connection
+
+    console = Console(highlight=False)
+    mesh = load_mesh(mesh_overrides(args))
+    auth = Authentication.load(
+        args.auth_file,
+        username=args.username,
+        password=args.password,
+        password_file=args.password_file,
+    )
+    conn = Connection(mesh, auth.dripline, name="dl-mon")
+    await conn.connect()
+    assert conn.channel is not None
+    done = asyncio.Event()
+    seen = 0
+    exchanges = {}
+
+    async def show(msg: Any) -> None:
+        nonlocal seen
+        seen += 1
+        exchange = exchanges.get(msg.routing_key, "")
+        if args.json_print or args.pretty_print:
+            print(
+                json.dumps(msg.to_dict(), indent=4 if args.pretty_print else None, default=str),
+                flush=True,
+            )
+        else:
+            console.print(describe_line(msg, exchange), soft_wrap=True)
+        if args.count and seen >= args.count:
+            done.set()
+
+    reassembler = Reassembler(show)
+
+    async def on_delivery(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
+        exchanges[incoming.routing_key or ""] = incoming.exchange
+        await reassembler.feed(Delivery.from_incoming(incoming))
+
+    queue = await conn.channel.declare_queue("", exclusive=True, auto_delete=True)
+    for key in args.requests_keys:
+        await queue.bind(mesh.requests_exchange, routing_key=key)
+    for key in args.alerts_keys:
+        await queue.bind(mesh.alerts_exchange, routing_key=key)
+    await queue.consume(on_delivery, no_ack=True)
+    keys = [f"requests:{k}" for k in args.requests_keys] + [f"alerts:{k}" for k in args.alerts_keys]
+    print(
+        f"dl-mon listening on {conn.url_for_humans} for {', '.join(keys)} (Ctrl-C to stop)",
+        file=sys.stderr,
+        flush=True,
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, done.set)
+    await done.wait()
+    await conn.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.verbose, args.quiet)
+    if not args.requests_keys and not args.alerts_keys:
+        print(
+            "dl-mon: give at least one key with -r and/or -a (e.g. -a 'sensor_value.#')",
+            file=sys.stderr,
+        )
+        return 4
+    from ..dripline.connection import BrokerUnavailable
+
+    try:
+        return asyncio.run(monitor(args))
+    except BrokerUnavailable as exc:
+        print(f"dl-mon: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""A dripline 3.0.0 runtime in pure Python, wire-compatible with dripline-cpp / dripline-python 5.
+
+Modules, one concept each:
+
+* :mod:`.constants`, :mod:`.return_codes` — protocol numbers and names;
+* :mod:`.message`, :mod:`.chunking` — the message codec and chunk reassembly;
+* :mod:`.config` — mesh block, authentication, config files;
+* :mod:`.connection` — the robust AMQP connection;
+* :mod:`.endpoint`, :mod:`.entity`, :mod:`.calibration` — request handling, values, calibration;
+* :mod:`.service`, :mod:`.alert_consumer` — processes that host endpoints / consume alerts;
+* :mod:`.client` — :class:`Interface` for scripts and services;
+* :mod:`.factory` — building services from YAML (``dl-serve``).
+"""
+
+from .alert_consumer import AlertConsumer
+from .client import BlockingInterface, Interface, ReplyError
+from .config import Authentication, ConfigError, MeshConfig
+from .constants import MsgOp, MsgType
+from .endpoint import Endpoint, Reply, current_request
+from .entity import Entity
+from .message import Message
+from .return_codes import ReturnCode, ThrowReply, register_return_code
+from .service import Service
+
+__all__ = [
+    "AlertConsumer",
+    "Authentication",
+    "BlockingInterface",
+    "ConfigError",
+    "Endpoint",
+    "Entity",
+    "Interface",
+    "MeshConfig",
+    "Message",
+    "MsgOp",
+    "MsgType",
+    "Reply",
+    "ReplyError",
+    "ReturnCode",
+    "Service",
+    "ThrowReply",
+    "current_request",
+    "register_return_code",
+]

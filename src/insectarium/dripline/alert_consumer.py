@@ -1,0 +1,119 @@
+"""Services that listen to alerts (sensor values, heartbeats, status messages).
+
+An :class:`AlertConsumer` binds its own queue on the alerts exchange with ``alert_keys`` and hands
+every alert to :meth:`process_payload` together with the named groups of
+``alert_key_parser_re`` matched against the routing key — dripline-python 5's model.  The queue
+can be made durable and named (``alert_queue_name``) so alerts published while the consumer is
+restarting wait for it instead of being lost; messages are acknowledged only after
+:meth:`process_alert` returns, so a crash mid-way redelivers them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from typing import Any
+
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+
+from .chunking import Delivery, Reassembler
+from .message import Message
+from .service import Service
+
+log = logging.getLogger(__name__)
+
+
+class AlertConsumer(Service):
+    def __init__(
+        self,
+        name: str,
+        alert_keys: list[str] | None = None,
+        alert_key_parser_re: str | None = None,
+        alert_queue_name: str | None = None,
+        alert_queue_durable: bool = False,
+        alert_prefetch_count: int = 1000,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        self.alert_keys = list(alert_keys or ["#"])
+        try:
+            self._parser = re.compile(alert_key_parser_re) if alert_key_parser_re else None
+        except re.error as exc:
+            raise ValueError(
+                f"alert_key_parser_re is not a valid regular expression: {exc}"
+            ) from None
+        self.alert_queue_name = alert_queue_name or f"{name}_alerts"
+        self.alert_queue_durable = alert_queue_durable
+        self.alert_prefetch_count = alert_prefetch_count
+        self._alert_queue: AbstractQueue | None = None
+        self._alert_reassembler = Reassembler(self._on_alert, self.message_wait_ms)
+
+    async def setup_consumers(self) -> None:
+        assert self.connection is not None and self.connection.connection is not None
+        channel = await self.connection.connection.channel()
+        await channel.set_qos(prefetch_count=self.alert_prefetch_count)
+        exchange = await self.connection.declare_exchange(channel, self.mesh.alerts_exchange)
+        if self.alert_queue_durable:
+            queue = await channel.declare_queue(
+                self.alert_queue_name, durable=True, auto_delete=False
+            )
+        else:
+            queue = await channel.declare_queue(
+                self.alert_queue_name, durable=False, exclusive=True, auto_delete=True
+            )
+        for key in self.alert_keys:
+            await queue.bind(exchange, routing_key=key)
+        await queue.consume(self._on_alert_delivery)
+        self._alert_queue = queue
+        log.info(
+            "%s consuming alerts %s on %s queue %s",
+            self.name,
+            self.alert_keys,
+            "durable" if self.alert_queue_durable else "transient",
+            self.alert_queue_name,
+        )
+
+    async def _on_alert_delivery(self, incoming: AbstractIncomingMessage) -> None:
+        try:
+            await self._alert_reassembler.feed(Delivery.from_incoming(incoming))
+        except Exception:
+            log.exception("failed to process alert %s; dropped", incoming.routing_key)
+            with contextlib.suppress(Exception):
+                await incoming.nack(requeue=False)
+            return
+        with contextlib.suppress(Exception):
+            await incoming.ack()
+
+    async def _on_alert(self, msg: Message) -> None:
+        if not msg.is_valid:
+            log.warning("dropping undecodable alert on %s: %s", msg.routing_key, msg.error)
+            return
+        await self.process_alert(msg)
+
+    def parse_routing_key(self, routing_key: str) -> dict[str, str] | None:
+        if self._parser is None:
+            return {}
+        match = self._parser.match(routing_key)
+        return match.groupdict() if match else None
+
+    async def process_alert(self, msg: Message) -> None:
+        routing_data = self.parse_routing_key(msg.routing_key)
+        if routing_data is None:
+            log.warning("alert routing key %r does not match the parser; ignored", msg.routing_key)
+            return
+        await self.process_payload(msg.payload, routing_data, msg.timestamp)
+
+    async def process_payload(
+        self, payload: Any, routing_data: dict[str, str], timestamp: str
+    ) -> None:
+        """Override: do something with one alert."""
+        log.info("alert %s at %s: %s", routing_data, timestamp, payload)
+
+    async def stop(self) -> None:
+        self._alert_reassembler.close()
+        if self._alert_queue is not None and not self.alert_queue_durable:
+            with contextlib.suppress(Exception):
+                await self._alert_queue.delete(if_unused=False, if_empty=False)
+        self._alert_queue = None
+        await super().stop()

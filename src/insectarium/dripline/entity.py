@@ -1,0 +1,215 @@
+"""Entities: endpoints that hold a value, calibrate it, and log it on a schedule.
+
+An :class:`Entity` replies to ``get`` with ``{"value_raw": raw, "value_cal": calibrated}`` and can
+publish that result as a ``sensor_value.<name>`` alert: after each set (``log_on_set``) and every
+``log_interval`` seconds, skipping values that did not change enough (``max_absolute_change``,
+``max_fractional_change``) unless ``max_interval`` has passed — the dripline-python 5 rules.
+
+One deliberate difference: dripline-python compares ``check_field`` (default ``value_cal``) and
+never logs an uncalibrated entity (KeyError); we fall back to ``value_raw`` when the field is
+absent.  Nothing changes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .calibration import CalibrationError, apply_calibration
+from .constants import DEFAULT_LOG_ROUTING_KEY_PREFIX
+from .endpoint import Endpoint, Reply, maybe_await
+from .message import Message
+from .return_codes import ThrowReply
+
+
+def to_seconds(value: float | int | Mapping[str, float] | None, what: str) -> float:
+    """Interval config: seconds, or a dict of ``timedelta`` keywords (``{minutes: 5}``)."""
+    if value is None:
+        return 0.0
+    if isinstance(value, Mapping):
+        try:
+            return dt.timedelta(**value).total_seconds()
+        except TypeError as exc:
+            raise ValueError(f"{what}: {exc}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{what} must be a number of seconds or a dict like {{minutes: 1}}")
+    if value < 0:
+        raise ValueError(f"{what} must not be negative")
+    return float(value)
+
+
+class Entity(Endpoint):
+    """An endpoint with a calibrated value and scheduled logging."""
+
+    def __init__(
+        self,
+        name: str,
+        calibration: str | Mapping[Any, Any] | None = None,
+        get_on_set: bool = False,
+        log_on_set: bool = False,
+        log_interval: float | Mapping[str, float] | None = 0,
+        max_interval: float | Mapping[str, float] | None = 0,
+        max_absolute_change: float = 0,
+        max_fractional_change: float = 0,
+        check_field: str = "value_cal",
+        log_routing_key_prefix: str = DEFAULT_LOG_ROUTING_KEY_PREFIX,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(name, **kwargs)
+        if calibration is not None and not isinstance(calibration, str | Mapping):
+            raise ValueError("calibration must be an expression string like '2*{}' or a mapping")
+        self.calibration = calibration
+        self.get_on_set = bool(get_on_set)
+        self.log_on_set = bool(log_on_set)
+        self._log_interval = to_seconds(log_interval, "log_interval")
+        self.max_interval = to_seconds(max_interval, "max_interval")
+        self.max_absolute_change = float(max_absolute_change)
+        self.max_fractional_change = float(max_fractional_change)
+        self.check_field = check_field
+        self.log_routing_key_prefix = log_routing_key_prefix
+        self._last_log_value: Any = None
+        self._last_log_time: float | None = None
+        self._log_task: asyncio.Task[None] | None = None
+        if self.log_on_set and not self.get_on_set:
+            self.log.warning("log_on_set needs get_on_set; enabling get_on_set")
+            self.get_on_set = True
+
+    # ----------------------------------------------------------------- value
+    def calibrate(self, raw: Any) -> dict[str, Any]:
+        """``{"value_raw", "value_cal"}`` for a raw reading (304 when it cannot be calibrated)."""
+        if isinstance(raw, list | tuple) and raw:
+            raw = raw[0]
+        if raw is None:
+            return {"value_raw": None}
+        result = {"value_raw": raw}
+        if self.calibration is not None:
+            try:
+                result["value_cal"] = apply_calibration(self.calibration, raw)
+            except CalibrationError as exc:
+                raise ThrowReply(
+                    "service_error_invalid_value", f"calibration failed: {exc}"
+                ) from None
+            except OverflowError as exc:
+                raise ThrowReply(
+                    "service_error_bad_payload", f"calibration overflow: {exc}"
+                ) from None
+        return result
+
+    async def get_calibrated(self) -> Any:
+        raw = await maybe_await(self.on_get())
+        return self.calibrate(raw)
+
+    async def do_get_request(self, msg: Message, specifier: str) -> Reply:
+        if specifier:
+            return await super().do_get_request(msg, specifier)
+        return Reply(0, "", await self.get_calibrated())
+
+    async def do_set_request(self, msg: Message, specifier: str) -> Reply:
+        reply = await super().do_set_request(msg, specifier)
+        if specifier or not self.get_on_set:
+            return reply
+        result = await self.get_calibrated()
+        if self.log_on_set:
+            await self.log_a_value(result)
+        return Reply(0, "", result)
+
+    # ----------------------------------------------------------------- logging
+    @property
+    def log_interval(self) -> float:
+        return self._log_interval
+
+    @log_interval.setter
+    def log_interval(self, value: float | Mapping[str, float]) -> None:
+        self._log_interval = to_seconds(value, "log_interval")
+        if self.service is not None and self.service.is_running:
+            self.stop_logging()
+            if self._log_interval > 0:
+                self.start_logging()
+
+    async def log_a_value(self, value: Any) -> None:
+        """Publish ``value`` as alert ``<prefix>.<name>``."""
+        if self.service is None:
+            raise RuntimeError(f"{self!r} is not part of a running service")
+        await self.service.send_alert(f"{self.log_routing_key_prefix}.{self.name}", value)
+        self._last_log_value = value
+        self._last_log_time = time.monotonic()
+
+    def _should_log(self, result: Any) -> bool:
+        if self._last_log_time is None:
+            return True
+        if self.max_interval > 0 and time.monotonic() - self._last_log_time > self.max_interval:
+            return True
+        field = self.check_field
+        if isinstance(result, Mapping) and field not in result:
+            field = "value_raw"
+        new = result.get(field) if isinstance(result, Mapping) else result
+        old = self._last_log_value
+        old = old.get(field) if isinstance(old, Mapping) else old
+        if isinstance(new, bool) or isinstance(old, bool):
+            return new != old
+        if not isinstance(new, int | float) or not isinstance(old, int | float):
+            return new != old or (self.max_absolute_change == 0 and self.max_fractional_change == 0)
+        delta = abs(new - old)
+        if self.max_absolute_change == 0 and self.max_fractional_change == 0:
+            return True
+        if delta > self.max_absolute_change:
+            return True
+        return (
+            2 * delta > self.max_fractional_change * abs(new + old)
+            if not math.isnan(delta)
+            else True
+        )
+
+    async def scheduled_log(self) -> None:
+        """One tick of scheduled logging (errors are logged, never fatal)."""
+        try:
+            result = await self.get_calibrated()
+        except ThrowReply as exc:
+            self.log.warning("scheduled log: get failed with %s", exc)
+            return
+        if self._should_log(result):
+            await self.log_a_value(result)
+
+    def start_logging(self) -> None:
+        if self.service is None or self._log_interval <= 0:
+            return
+        self.stop_logging()
+        self._log_task = asyncio.get_running_loop().create_task(
+            self._log_loop(), name=f"log:{self.name}"
+        )
+
+    def stop_logging(self) -> None:
+        if self._log_task is not None:
+            self._log_task.cancel()
+            self._log_task = None
+
+    @property
+    def logging_status(self) -> str:
+        return "on" if self._log_task is not None and not self._log_task.done() else "off"
+
+    @logging_status.setter
+    def logging_status(self, value: str) -> None:
+        """dragonfly habit: ``set peaches.logging_status on|off|start|stop|restart``."""
+        v = str(value).lower()
+        if v in ("on", "start", "restart", "true", "1"):
+            self.start_logging()
+        elif v in ("off", "stop", "false", "0"):
+            self.stop_logging()
+        else:
+            raise ValueError(f"logging_status must be on/off, not {value!r}")
+
+    async def _log_loop(self) -> None:
+        interval = self._log_interval
+        while True:
+            started = time.monotonic()
+            try:
+                await self.scheduled_log()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.log.exception("scheduled log of %s failed", self.name)
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

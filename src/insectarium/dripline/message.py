@@ -1,0 +1,417 @@
+"""Dripline 3 messages and their AMQP encoding.
+
+A :class:`Message` is the protocol-level view (type, operation, specifier, payload, return code…);
+:func:`encode` turns it into one or more AMQP messages exactly as dripline-cpp writes them, and
+:func:`decode` reads any peer's message back, marking it invalid (never raising) when it cannot.
+
+The wire details that matter for interoperability (see ``dripline-3-wire.md`` §2):
+
+* ``content-encoding`` is ``application/json``; the body is compact JSON, ``null`` when empty;
+* ``message-id`` is always ``<uuid>/<chunk index>/<chunk count>``;
+* integer headers are AMQP *unsigned 32-bit* (``'i'``) — dripline-cpp <= 2.10.3 accepts nothing
+  else — which pamqp does not produce by itself, hence :class:`UInt32`;
+* ``sender_info`` is a nested table with all five keys (a C++ peer drops the message otherwise).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import getpass
+import json
+import os
+import socket
+import sys
+import uuid
+from collections.abc import Mapping
+from typing import Any
+
+import aio_pika
+from pamqp import encode as _pamqp_encode
+
+from .. import __version__
+from .constants import (
+    CONTENT_ENCODING,
+    DEFAULT_MAX_PAYLOAD_SIZE,
+    DRIPLINE_VERSION,
+    NIL_UUID,
+    TIME_FORMAT,
+    MsgOp,
+    MsgType,
+)
+
+
+class UInt32(int):
+    """An ``int`` that must travel as AMQP field type ``'i'`` (unsigned 32-bit)."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: int) -> UInt32:
+        if not 0 <= int(value) <= 0xFFFFFFFF:
+            raise ValueError(f"{value} does not fit an unsigned 32-bit header")
+        return super().__new__(cls, value)
+
+
+def _install_uint32_encoder() -> None:
+    """Teach pamqp's table encoder to write :class:`UInt32` as ``'i'``.
+
+    pamqp picks the smallest signed type for a Python ``int`` (``'b'`` for 0..127), which old
+    dripline-cpp rejects.  ``field_table`` looks ``encode_table_value`` up as a module global, so
+    wrapping it there covers nested tables too.  Idempotent.
+    """
+    original = _pamqp_encode.encode_table_value
+    if getattr(original, "_dripline_uint32", False):
+        return
+
+    def encode_table_value(value: Any) -> bytes:
+        if isinstance(value, UInt32):
+            return b"i" + _pamqp_encode.long_uint(int(value))
+        return original(value)
+
+    encode_table_value._dripline_uint32 = True  # type: ignore[attr-defined]
+    _pamqp_encode.encode_table_value = encode_table_value
+
+
+_install_uint32_encoder()
+
+
+def now_timestamp() -> str:
+    """Current UTC time in the dripline header format."""
+    return dt.datetime.now(dt.UTC).strftime(TIME_FORMAT)
+
+
+def parse_timestamp(text: str) -> dt.datetime:
+    """Parse a dripline timestamp into an aware UTC datetime (``ValueError`` if malformed)."""
+    return dt.datetime.strptime(text, TIME_FORMAT).replace(tzinfo=dt.UTC)
+
+
+def format_timestamp(value: dt.datetime) -> str:
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.UTC)
+    return value.strftime(TIME_FORMAT)
+
+
+_SENDER_CACHE: dict[str, Any] = {}
+
+
+def sender_info(service_name: str = "unknown") -> dict[str, Any]:
+    """The ``sender_info`` table: exe, hostname, username, service_name and component versions."""
+    if not _SENDER_CACHE:
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        _SENDER_CACHE.update(
+            exe=os.path.abspath(sys.argv[0]) if sys.argv and sys.argv[0] else sys.executable,
+            hostname=socket.gethostname(),
+            username=user,
+            versions={
+                "dripline": {"version": DRIPLINE_VERSION},
+                "insectarium": {"version": __version__, "package": "insectarium"},
+            },
+        )
+    return {**_SENDER_CACHE, "service_name": service_name}
+
+
+def json_default(value: Any) -> Any:
+    """Make common Python values JSON-able instead of failing the whole reply."""
+    if isinstance(value, dt.datetime):
+        return format_timestamp(value)
+    if isinstance(value, dt.date | dt.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    return str(value)
+
+
+def dump_payload(payload: Any) -> bytes:
+    """Compact JSON, as rapidjson writes it; ``None`` becomes ``null``."""
+    return json.dumps(
+        payload, separators=(",", ":"), ensure_ascii=False, default=json_default
+    ).encode("utf-8")
+
+
+@dataclasses.dataclass
+class Message:
+    """One dripline message (request, reply or alert), independent of its AMQP chunks."""
+
+    message_type: MsgType | int
+    routing_key: str = ""
+    payload: Any = None
+    specifier: str = ""
+    correlation_id: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    message_uuid: str = dataclasses.field(default_factory=lambda: str(uuid.uuid4()))
+    reply_to: str = ""
+    timestamp: str = dataclasses.field(default_factory=now_timestamp)
+    sender_info: dict[str, Any] = dataclasses.field(default_factory=sender_info)
+    message_operation: MsgOp | int | None = None
+    lockout_key: str = NIL_UUID
+    return_code: int = 0
+    return_message: str = ""
+    # Set by decode(): whether the body and headers could be read, and why not.
+    is_valid: bool = True
+    error: str = ""
+
+    # ----------------------------------------------------------------- constructors
+    @classmethod
+    def request(
+        cls,
+        routing_key: str,
+        operation: MsgOp | int,
+        payload: Any = None,
+        *,
+        specifier: str = "",
+        lockout_key: str | None = None,
+        reply_to: str = "",
+        sender: str = "unknown",
+    ) -> Message:
+        return cls(
+            message_type=MsgType.REQUEST,
+            routing_key=routing_key,
+            payload=payload,
+            specifier=specifier or "",
+            message_operation=operation,
+            lockout_key=lockout_key or NIL_UUID,
+            reply_to=reply_to,
+            sender_info=sender_info(sender),
+        )
+
+    @classmethod
+    def alert(cls, routing_key: str, payload: Any = None, *, sender: str = "unknown") -> Message:
+        return cls(
+            message_type=MsgType.ALERT,
+            routing_key=routing_key,
+            payload=payload,
+            sender_info=sender_info(sender),
+        )
+
+    def make_reply(
+        self,
+        return_code: int = 0,
+        return_message: str = "",
+        payload: Any = None,
+        *,
+        sender: str = "unknown",
+    ) -> Message:
+        """The reply to this request: routed to ``reply_to``, same correlation id."""
+        return Message(
+            message_type=MsgType.REPLY,
+            routing_key=self.reply_to,
+            payload=payload,
+            correlation_id=self.correlation_id,
+            return_code=int(return_code),
+            return_message=return_message,
+            sender_info=sender_info(sender),
+        )
+
+    # ----------------------------------------------------------------- helpers
+    @property
+    def is_request(self) -> bool:
+        return self.message_type == MsgType.REQUEST
+
+    @property
+    def is_reply(self) -> bool:
+        return self.message_type == MsgType.REPLY
+
+    @property
+    def is_alert(self) -> bool:
+        return self.message_type == MsgType.ALERT
+
+    @property
+    def sender_service(self) -> str:
+        return str(self.sender_info.get("service_name", "")) if self.sender_info else ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON view of the whole message, the shape ``dl-agent --json-print`` prints."""
+        out: dict[str, Any] = {
+            "routing_key": self.routing_key,
+            "specifier": self.specifier,
+            "correlation_id": self.correlation_id,
+            "message_id": f"{self.message_uuid}/0/1",
+            "reply_to": self.reply_to,
+            "message_type": int(self.message_type),
+            "encoding": CONTENT_ENCODING,
+            "timestamp": self.timestamp,
+            "sender_info": self.sender_info,
+            "payload": self.payload,
+        }
+        if self.is_request:
+            out["message_operation"] = (
+                int(self.message_operation) if self.message_operation is not None else None
+            )
+            out["lockout_key"] = self.lockout_key
+        if self.is_reply:
+            out["return_code"] = self.return_code
+            out["return_message"] = self.return_message
+        return out
+
+
+# --------------------------------------------------------------------------- encoding
+def headers_of(msg: Message) -> dict[str, Any]:
+    headers: dict[str, Any] = {
+        "message_type": UInt32(int(msg.message_type)),
+        "specifier": msg.specifier or "",
+        "timestamp": msg.timestamp,
+        "sender_info": msg.sender_info,
+    }
+    if msg.is_request:
+        headers["message_operation"] = UInt32(int(msg.message_operation or 0))
+        headers["lockout_key"] = msg.lockout_key or NIL_UUID
+    if msg.is_reply:
+        headers["return_code"] = UInt32(int(msg.return_code))
+        headers["return_message"] = msg.return_message or ""
+    return headers
+
+
+def split_body(body: bytes, max_payload_size: int) -> list[bytes]:
+    """Cut a serialised payload into consecutive pieces of at most ``max_payload_size`` bytes."""
+    if max_payload_size <= 0:
+        raise ValueError("max_payload_size must be positive")
+    if not body:
+        return [b"null"]
+    return [body[i : i + max_payload_size] for i in range(0, len(body), max_payload_size)]
+
+
+def encode(
+    msg: Message, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
+) -> list[aio_pika.Message]:
+    """AMQP messages (one per chunk) carrying ``msg``; identical but for ``message-id``."""
+    headers = headers_of(msg)
+    chunks = split_body(dump_payload(msg.payload), max_payload_size)
+    total = len(chunks)
+    return [
+        aio_pika.Message(
+            body=chunk,
+            headers=headers,
+            content_encoding=CONTENT_ENCODING,
+            correlation_id=msg.correlation_id,
+            reply_to=msg.reply_to or "",
+            message_id=f"{msg.message_uuid}/{index}/{total}",
+        )
+        for index, chunk in enumerate(chunks)
+    ]
+
+
+# --------------------------------------------------------------------------- decoding
+@dataclasses.dataclass(frozen=True)
+class ChunkId:
+    uuid: str
+    index: int
+    total: int
+
+
+def parse_message_id(message_id: str | None) -> ChunkId:
+    """``UUID/i/N`` → :class:`ChunkId`; a bare id is taken as a single chunk (the standard allows it).
+
+    Raises ``ValueError`` for ids whose chunk part is not two integers with ``0 <= i < N``.
+    """
+    text = message_id or ""
+    if "/" not in text:
+        return ChunkId(text or str(uuid.uuid4()), 0, 1)
+    base, _, rest = text.partition("/")
+    index_text, sep, total_text = rest.partition("/")
+    if not sep:
+        raise ValueError(f"malformed message-id {text!r}: expected <uuid>/<index>/<total>")
+    index, total = int(index_text), int(total_text)
+    if total < 1 or not 0 <= index < total or total > 100_000:
+        raise ValueError(f"malformed message-id {text!r}: chunk {index} of {total}")
+    return ChunkId(base, index, total)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str | bytes) and str(value).strip().lstrip("-").isdigit():
+        return int(value)
+    return None
+
+
+def _as_str(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    return str(value)
+
+
+def _plain(value: Any) -> Any:
+    """Headers decoded by pamqp may hold bytes and nested tables; make them JSON-friendly."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "replace")
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dt.datetime):
+        return format_timestamp(value)
+    return value
+
+
+def decode(
+    *,
+    body: bytes,
+    headers: Mapping[str, Any] | None,
+    routing_key: str = "",
+    correlation_id: str | None = None,
+    reply_to: str | None = None,
+    content_encoding: str | None = None,
+    message_uuid: str = "",
+    error: str = "",
+) -> Message:
+    """Read a (reassembled) message; problems mark it invalid instead of raising.
+
+    An invalid message keeps what could be read of its headers, and its payload becomes
+    ``{"invalid": <raw text>, "error": <why>}`` as dripline-cpp does, so a request can be answered
+    with 302 echoing it.
+    """
+    h = dict(headers or {})
+    problems: list[str] = [error] if error else []
+    if content_encoding != CONTENT_ENCODING:
+        problems.append(f"unsupported content-encoding {content_encoding!r}")
+    raw = body.decode("utf-8", "replace")
+    payload: Any = None
+    if not problems:
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            problems.append(f"payload is not valid JSON: {exc}")
+
+    mtype = _as_int(h.get("message_type"))
+    mop = _as_int(h.get("message_operation"))
+    rcode = _as_int(h.get("return_code"))
+    info = h.get("sender_info")
+    msg = Message(
+        message_type=mtype if mtype is not None else -1,
+        routing_key=routing_key,
+        specifier=_as_str(h.get("specifier")),
+        correlation_id=_as_str(correlation_id),
+        message_uuid=message_uuid,
+        reply_to=_as_str(reply_to),
+        timestamp=_as_str(h.get("timestamp")),
+        sender_info=_plain(info) if isinstance(info, Mapping) else {},
+        message_operation=mop,
+        lockout_key=_as_str(h.get("lockout_key")),
+        return_code=999 if rcode is None else rcode,
+        return_message=_as_str(h.get("return_message")),
+    )
+    with_type = {int(t) for t in MsgType}
+    if msg.message_type not in with_type:
+        problems.append(f"unknown message_type {h.get('message_type')!r}")
+    if problems:
+        msg.is_valid = False
+        msg.error = "; ".join(problems)
+        msg.payload = {"invalid": raw, "error": msg.error}
+    else:
+        msg.payload = payload
+    return msg

@@ -1,0 +1,23 @@
+"""The lab services, ported from Project 8 dragonfly to the insectarium dripline runtime.
+
+Classes are found by name from a config's ``module:`` key (``dl-serve``); heavy dependencies
+(database drivers) are imported only by the services that need them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "KeyValueStore": "kv_store",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        module = importlib.import_module(f".{_LAZY[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(name)
