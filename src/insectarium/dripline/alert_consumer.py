@@ -47,6 +47,7 @@ class AlertConsumer(Service):
         self.alert_queue_durable = alert_queue_durable
         self.alert_prefetch_count = alert_prefetch_count
         self._alert_queue: AbstractQueue | None = None
+        self._alert_consumer_tag: str | None = None
         self._alert_reassembler = Reassembler(self._on_alert, self.message_wait_ms)
 
     async def setup_consumers(self) -> None:
@@ -64,7 +65,7 @@ class AlertConsumer(Service):
             )
         for key in self.alert_keys:
             await queue.bind(exchange, routing_key=key)
-        await queue.consume(self._on_alert_delivery)
+        self._alert_consumer_tag = await queue.consume(self._on_alert_delivery)
         self._alert_queue = queue
         log.info(
             "%s consuming alerts %s on %s queue %s",
@@ -112,8 +113,11 @@ class AlertConsumer(Service):
 
     async def stop(self) -> None:
         self._alert_reassembler.close()
-        if self._alert_queue is not None and not self.alert_queue_durable:
+        if self._alert_queue is not None:
             with contextlib.suppress(Exception):
-                await self._alert_queue.delete(if_unused=False, if_empty=False)
+                if self._alert_consumer_tag:
+                    await self._alert_queue.cancel(self._alert_consumer_tag)
+                if not self.alert_queue_durable:
+                    await self._alert_queue.delete(if_unused=False, if_empty=False)
         self._alert_queue = None
         await super().stop()

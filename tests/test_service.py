@@ -1,0 +1,309 @@
+"""Request semantics and every return-code path, against services on a real broker."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from typing import Any
+
+import pytest
+
+from insectarium.dripline import (
+    AlertConsumer,
+    Endpoint,
+    Entity,
+    Interface,
+    MsgOp,
+    ReplyError,
+    Service,
+    ThrowReply,
+)
+from insectarium.dripline.message import Message
+from insectarium.services.kv_store import KeyValueStore
+
+from .runtime_support import eventually, running, unique
+
+
+class Thermometer(Endpoint):
+    """A test endpoint with commands, attributes and failure modes."""
+
+    def __init__(self, name: str, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.units = "K"
+        self.conditions: list[int] = []
+
+    def on_get(self) -> float:
+        return 4.2
+
+    def add(self, a: float, b: float = 0, *, scale: float = 1) -> float:
+        return (a + b) * scale
+
+    async def slow_echo(self, value: Any, delay: float = 0.2) -> Any:
+        await asyncio.sleep(delay)
+        return value
+
+    def explode(self) -> None:
+        raise RuntimeError("boom")
+
+    def refuse(self) -> None:
+        raise ThrowReply("service_error_invalid_value", "refused on purpose", {"why": "test"})
+
+    def on_set_condition(self, condition: int):
+        self.conditions.append(condition)
+        return None
+
+
+@pytest.fixture
+async def lab(mesh, auth):
+    name = unique("svc")
+    svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    thermo = Thermometer(f"{name}_thermo")
+    kv = KeyValueStore(f"{name}_kv", initial_value=0.75, calibration="2*{}", get_on_set=True)
+    svc.add_endpoint(thermo)
+    svc.add_endpoint(kv)
+    async with running(svc):
+        yield svc, thermo.name, kv.name
+
+
+async def code_of(client: Interface, target: str, op: MsgOp, payload: Any = None, **kw: Any) -> Message:
+    return await client.request(target, op, payload if payload is not None else {}, **kw)
+
+
+async def test_get_set_and_calibration(lab, client) -> None:
+    _svc, _t, kv = lab
+    assert await client.get(kv) == {"value_raw": 0.75, "value_cal": 1.5}
+    assert await client.set(kv, 3) == {"value_raw": 3, "value_cal": 6}
+    assert (await client.get(kv, specifier="calibration")) == {"values": ["2*{}"]}
+
+
+async def test_attribute_set_by_specifier(lab, client) -> None:
+    _svc, thermo, _kv = lab
+    assert await client.set(thermo, "mK", specifier="units") is None
+    assert await client.get(thermo, specifier="units") == {"values": ["mK"]}
+
+
+async def test_cmd_with_values_and_keywords(lab, client) -> None:
+    _svc, thermo, _kv = lab
+    assert await client.cmd(thermo, "add", [1, 2], {"scale": 10}) == 30
+
+
+@pytest.mark.parametrize(
+    ("op", "specifier", "payload", "code"),
+    [
+        (MsgOp.SET, "", {}, 303),                       # set without values
+        (MsgOp.SET, "", [1, 2], 303),                   # payload not an object
+        (MsgOp.CMD, "add", {"values": ["a", "b", "c", "d"]}, 304),   # bad arguments
+        (MsgOp.CMD, "add", {"values": [1], "nope": 2}, 304),          # unknown keyword
+        (MsgOp.CMD, "", {}, 306),                       # cmd without method
+        (MsgOp.CMD, "no_such_method", {}, 306),
+        (MsgOp.CMD, "handle_request", {}, 306),         # framework internals are not commands
+        (MsgOp.CMD, "_private", {}, 306),
+        (MsgOp.GET, "no_such_attribute", {}, 310),
+        (MsgOp.GET, "_lock_key", {}, 310),
+        (MsgOp.SET, "name", {"values": ["x"]}, 310),    # protected attribute
+        (MsgOp.CMD, "explode", {}, 999),
+        (MsgOp.CMD, "refuse", {}, 304),
+    ],
+)
+async def test_error_codes(lab, client, op, specifier, payload, code) -> None:
+    _svc, thermo, _kv = lab
+    reply = await client.request(thermo, op, payload, specifier=specifier)
+    assert reply.return_code == code, reply.return_message
+    assert reply.return_message
+
+
+async def test_thrown_reply_carries_payload(lab, client) -> None:
+    _svc, thermo, _kv = lab
+    reply = await client.request(thermo, MsgOp.CMD, {}, specifier="refuse")
+    assert reply.return_message == "refused on purpose"
+    assert reply.payload == {"why": "test"}
+
+
+async def test_unknown_operation_is_306(lab, client) -> None:
+    _svc, thermo, _kv = lab
+    reply = await client.request(thermo, 7, {})  # dl2's OP_SEND does not exist in dl3
+    assert reply.return_code == 306
+
+
+async def test_bad_lockout_key_is_308_even_for_get(lab, client) -> None:
+    _svc, _t, kv = lab
+    reply = await client.request(kv, MsgOp.GET, {}, lockout_key="not-a-uuid")
+    assert reply.return_code == 308
+
+
+async def test_lockout_cycle(lab, client) -> None:
+    _svc, _t, kv = lab
+    key = (await client.cmd(kv, "lock"))["key"]
+    uuid.UUID(key)
+    assert (await client.request(kv, MsgOp.SET, {"values": [1]})).return_code == 307
+    assert (await client.request(kv, MsgOp.CMD, {}, specifier="lock")).return_code == 307
+    assert (await client.request(kv, MsgOp.CMD, {}, specifier="lock", lockout_key=key)).return_code == 200
+    assert (await client.request(kv, MsgOp.GET, {})).return_code == 0  # get never needs the key
+    status = await client.get(kv, specifier="is-locked")
+    assert status["is_locked"] is True and status["tag"]["service_name"] == "unknown"
+    assert (await client.request(kv, MsgOp.SET, {"values": [1]}, lockout_key=key)).return_code == 0
+    assert (await client.request(kv, MsgOp.CMD, {}, specifier="unlock")).return_code == 200
+    assert (await client.request(kv, MsgOp.CMD, {}, specifier="ping")).return_code == 0
+    assert (await client.request(kv, MsgOp.CMD, {}, specifier="unlock", lockout_key=key)).return_code == 0
+    assert (await client.request(kv, MsgOp.CMD, {}, specifier="unlock")).return_code == 1
+    await client.cmd(kv, "lock")
+    assert (await client.request(kv, MsgOp.CMD, {"force": True}, specifier="unlock")).return_code == 0
+    assert (await client.get(kv, specifier="is-locked"))["is_locked"] is False
+
+
+async def test_lock_with_supplied_key(lab, client) -> None:
+    _svc, _t, kv = lab
+    key = str(uuid.uuid4())
+    assert (await client.cmd(kv, "lock", lockout_key=key)) == {"key": key}
+    await client.cmd(kv, "unlock", lockout_key=key)
+
+
+async def test_ping_answers_with_sender_exe(lab, client) -> None:
+    svc, thermo, _kv = lab
+    reply = await client.request(thermo, MsgOp.CMD, {}, specifier="ping")
+    assert reply.return_code == 0 and reply.return_message.startswith("Hello, ")
+    assert reply.sender_service == svc.name
+
+
+async def test_set_condition_reaches_children_and_validates(lab, client) -> None:
+    svc, thermo, _kv = lab
+    assert (await client.request(svc.name, MsgOp.CMD, {"values": [10]}, specifier="set_condition")).return_code == 0
+    assert svc.sync_children[thermo].conditions == [10]
+    reply = await client.request(thermo, MsgOp.CMD, {"values": ["x"]}, specifier="set_condition")
+    assert reply.return_code == 304
+
+
+async def test_requests_are_handled_concurrently(lab, client) -> None:
+    _svc, thermo, kv = lab
+    slow = asyncio.create_task(client.cmd(thermo, "slow_echo", ["late"], {"delay": 1.0}))
+    await asyncio.sleep(0.1)
+    fast = await client.get(kv)  # must not wait for the slow command
+    assert not slow.done()
+    assert fast["value_raw"] == 0.75
+    assert await slow == "late"
+
+
+async def test_client_errors_unroutable_and_timeout(client) -> None:
+    reply = await client.request(unique("nobody_home"), MsgOp.GET, {})
+    assert reply.return_code == 403 and "NO_ROUTE" in reply.return_message
+    with pytest.raises(ReplyError) as info:
+        await client.get(unique("nobody_home"))
+    assert info.value.return_code.value == 403
+
+
+async def test_timeout_is_404(mesh, auth, client) -> None:
+    name = unique("sleepy")
+    svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    svc.add_endpoint(Thermometer(f"{name}_t"))
+    async with running(svc):
+        reply = await client.request(f"{name}_t", MsgOp.CMD, {"values": [1, 2.0]},
+                                     specifier="slow_echo", timeout_s=0.3)
+    assert reply.return_code == 404
+
+
+async def test_broadcast_ping_reaches_two_services(mesh, auth, client) -> None:
+    a = Service(unique("bcast_a"), dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    b = Service(unique("bcast_b"), dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    async with running(a), running(b):
+        msg = Message.request("broadcast", MsgOp.CMD, {}, specifier="ping")
+        replies = await client.send_request(msg, timeout_s=1.5, collect=True)
+    senders = {r.sender_service for r in replies}
+    assert {a.name, b.name} <= senders
+    assert all(r.return_code == 0 for r in replies if r.sender_service in (a.name, b.name))
+
+
+class Recorder(AlertConsumer):
+    def __init__(self, name: str, **kw: Any) -> None:
+        super().__init__(name, **kw)
+        self.seen: list[tuple[dict, Any, str]] = []
+
+    async def process_payload(self, payload, routing_data, timestamp) -> None:
+        self.seen.append((routing_data, payload, timestamp))
+
+
+async def test_alert_consumer_gets_sensor_values_and_heartbeats(mesh, auth, client) -> None:
+    src = unique("alert_src")
+    recorder = Recorder(unique("recorder"), alert_keys=["sensor_value.#", f"heartbeat.{src}"],
+                        alert_key_parser_re=r"(?P<kind>[a-z_]+)\.(?P<name>.+)",
+                        dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0.3)
+    service.add_endpoint(KeyValueStore(f"{src}_p", initial_value=1, calibration="2*{}",
+                                       log_interval=0.2))
+    service.add_endpoint(KeyValueStore(f"{src}_q", initial_value="a", get_on_set=True, log_on_set=True))
+    async with running(recorder), running(service):
+        await client.set(f"{src}_q", "b")
+        await eventually(lambda: {r[0]["name"] for r in recorder.seen} >= {src, f"{src}_p", f"{src}_q"})
+    by_name = {r[0]["name"]: r for r in recorder.seen}
+    assert by_name[f"{src}_p"][1] == {"value_raw": 1, "value_cal": 2}
+    assert by_name[f"{src}_q"][1] == {"value_raw": "b"}
+    assert by_name[src][1] == {"name": src, "id": service.instance_id}
+
+
+async def test_scheduled_logging_honours_change_thresholds(mesh, auth, client) -> None:
+    src = unique("thresh")
+    recorder = Recorder(unique("rec"), alert_keys=[f"sensor_value.{src}_v"], dripline_mesh=mesh,
+                        authentication=auth, heartbeat_interval_s=0)
+    service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    service.add_endpoint(KeyValueStore(f"{src}_v", initial_value=10.0, log_interval=0.1,
+                                       max_absolute_change=1.0, check_field="value_raw"))
+    async with running(recorder), running(service):
+        await eventually(lambda: len(recorder.seen) >= 1)
+        await asyncio.sleep(0.5)
+        assert len(recorder.seen) == 1  # unchanged value: logged once
+        await client.set(f"{src}_v", 10.5)
+        await asyncio.sleep(0.4)
+        assert len(recorder.seen) == 1  # change below threshold
+        await client.set(f"{src}_v", 12.0)
+        await eventually(lambda: len(recorder.seen) == 2)
+
+
+async def test_log_interval_can_be_changed_at_run_time(mesh, auth, client) -> None:
+    src = unique("retime")
+    recorder = Recorder(unique("rec"), alert_keys=[f"sensor_value.{src}_v"], dripline_mesh=mesh,
+                        authentication=auth, heartbeat_interval_s=0)
+    service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    service.add_endpoint(KeyValueStore(f"{src}_v", initial_value=1, log_interval=0))
+    async with running(recorder), running(service):
+        await asyncio.sleep(0.3)
+        assert recorder.seen == []
+        await client.set(f"{src}_v", 0.1, specifier="log_interval")
+        await eventually(lambda: len(recorder.seen) >= 3)
+        assert await client.get(f"{src}_v", specifier="logging_status") == {"values": ["on"]}
+
+
+async def test_entity_without_calibration_still_logs(mesh, auth) -> None:
+    """dripline-python's default check_field (value_cal) never logs an uncalibrated entity."""
+    src = unique("nocal")
+    recorder = Recorder(unique("rec"), alert_keys=[f"sensor_value.{src}_v"], dripline_mesh=mesh,
+                        authentication=auth, heartbeat_interval_s=0)
+    service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    service.add_endpoint(KeyValueStore(f"{src}_v", initial_value=5, log_interval=0.1,
+                                       max_absolute_change=0.5))
+    async with running(recorder), running(service):
+        await eventually(lambda: len(recorder.seen) >= 1)
+
+
+async def test_calibration_failure_is_304(mesh, auth, client) -> None:
+    name = unique("badcal")
+    svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    svc.add_endpoint(KeyValueStore(f"{name}_v", initial_value="gouda", calibration="2*{}"))
+    svc.add_endpoint(KeyValueStore(f"{name}_d", initial_value=1, calibration={"1": "on", "0": "off"}))
+    async with running(svc):
+        assert (await client.request(f"{name}_v", MsgOp.GET, {})).return_code == 304
+        assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}
+        await client.set(f"{name}_d", 7)
+        assert (await client.request(f"{name}_d", MsgOp.GET, {})).return_code == 304
+
+
+async def test_service_level_get_and_entity_alert_payload_json(lab, client) -> None:
+    svc, _t, _kv = lab
+    reply = await client.request(svc.name, MsgOp.GET, {})
+    assert reply.return_code == 306  # a bare service does not implement on_get
+    assert json.dumps(reply.to_dict())
+
+
+def test_entity_rejects_bad_interval() -> None:
+    with pytest.raises(ValueError, match="log_interval"):
+        Entity("x", log_interval=-1)
+    assert Entity("y", log_interval={"minutes": 1}).log_interval == 60
