@@ -5,9 +5,11 @@ publish that result as a ``sensor_value.<name>`` alert: after each set (``log_on
 ``log_interval`` seconds, skipping values that did not change enough (``max_absolute_change``,
 ``max_fractional_change``) unless ``max_interval`` has passed — the dripline-python 5 rules.
 
-One deliberate difference: dripline-python compares ``check_field`` (default ``value_cal``) and
-never logs an uncalibrated entity (KeyError); we fall back to ``value_raw`` when the field is
-absent.  Nothing changes on the wire.
+Two deliberate differences, neither visible on the wire: dripline-python compares ``check_field``
+(default ``value_cal``) and never logs an uncalibrated entity (KeyError) — we fall back to
+``value_raw`` when the field is absent; and a threshold left at 0 is "not used" when the other one
+is set (dripline-python would then log on any change, making ``max_absolute_change`` alone
+useless).
 """
 
 from __future__ import annotations
@@ -154,14 +156,12 @@ class Entity(Endpoint):
         if not isinstance(new, int | float) or not isinstance(old, int | float):
             return new != old or (self.max_absolute_change == 0 and self.max_fractional_change == 0)
         delta = abs(new - old)
-        if self.max_absolute_change == 0 and self.max_fractional_change == 0:
+        if math.isnan(delta) or (self.max_absolute_change == 0 and self.max_fractional_change == 0):
             return True
-        if delta > self.max_absolute_change:
+        if self.max_absolute_change > 0 and delta > self.max_absolute_change:
             return True
-        return (
-            2 * delta > self.max_fractional_change * abs(new + old)
-            if not math.isnan(delta)
-            else True
+        return self.max_fractional_change > 0 and 2 * delta > self.max_fractional_change * abs(
+            new + old
         )
 
     async def scheduled_log(self) -> None:
