@@ -116,6 +116,10 @@ class RawDelivery:
     headers: dict[str, Field] = field(default_factory=dict)
 
 
+class BrokerClosed(RuntimeError):
+    """The broker closed our channel or connection (e.g. it refused a malformed frame)."""
+
+
 class RawClient:
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         u = urlparse(url)
@@ -171,7 +175,7 @@ class RawClient:
             if isinstance(obj, pamqp_heartbeat.Heartbeat):
                 continue
             if isinstance(obj, commands.Channel.Close | commands.Connection.Close):
-                raise RuntimeError(f"broker closed: {obj.reply_code} {obj.reply_text}")
+                raise BrokerClosed(f"broker closed: {obj.reply_code} {obj.reply_text}")
 
     def _read_content(self, deliver: Any, deadline: float) -> RawDelivery:
         _hdr, raw = self._read_frame(deadline)
@@ -208,7 +212,8 @@ class RawClient:
         self._send(header.ContentHeader(0, len(body), props), channel=1)
         from pamqp import body as pamqp_body
 
-        self._send(pamqp_body.ContentBody(body), channel=1)
+        for i in range(0, len(body), self.frame_max - 8):  # no frame for an empty body
+            self._send(pamqp_body.ContentBody(body[i : i + self.frame_max - 8]), channel=1)
 
     def next_delivery(self, timeout: float = 10.0) -> RawDelivery:
         if self.deliveries:
@@ -219,6 +224,8 @@ class RawClient:
             if isinstance(obj, commands.Basic.Deliver):
                 self._read_content(obj, deadline)
                 return self.deliveries.pop(0)
+            if isinstance(obj, commands.Channel.Close | commands.Connection.Close):
+                raise BrokerClosed(f"broker closed: {obj.reply_code} {obj.reply_text}")
 
     def setup_reply_queue(self, exchange: str = "requests") -> str:
         """A queue bound on ``exchange`` to its own name, consumed: a dripline reply queue."""

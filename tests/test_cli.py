@@ -1,0 +1,177 @@
+"""dl-agent, dl-serve and dl-mon as processes: arguments, output and exit status."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import pytest
+
+from .runtime_support import unique
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def broker_args(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    u = urlparse(amqp_url)
+    auth = tmp_path_factory.mktemp("cli") / "auth.yaml"
+    auth.write_text(
+        f"dripline:\n  username: {unquote(u.username or 'guest')}\n"
+        f"  password: {unquote(u.password or 'guest')}\n"
+    )
+    return ["-b", u.hostname or "localhost", "-p", str(u.port or 5672), "--auth-file", str(auth)]
+
+
+def tool(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    module = {"dl-agent": "agent", "dl-serve": "serve", "dl-mon": "mon"}[name]
+    return subprocess.run([sys.executable, "-m", f"insectarium.cli.{module}", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "HOME": os.environ.get("HOME", "/root")})
+
+
+@pytest.fixture(scope="module")
+def kv_service(broker_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The tutorial key-value store under a unique name (endpoints are prefixed too)."""
+    import yaml
+
+    base = yaml.safe_load((REPO / "files/configs/kv_store_tutorial.yaml").read_text())
+    prefix = unique("cli")
+    base["name"] = prefix
+    for ep in base["endpoints"]:
+        ep["name"] = f"{prefix}_{ep['name']}"
+        ep["log_interval"] = 0
+    cfg = tmp_path_factory.mktemp("kv") / "kv.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    proc = subprocess.Popen([sys.executable, "-m", "insectarium.cli.serve", "-c", str(cfg), *broker_args],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 30
+    while tool("dl-agent", *broker_args, "-t", "1", "cmd", prefix, "-s", "ping").returncode != 0:
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline
+    yield prefix
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_get_prints_reply_and_exits_0(kv_service: str, broker_args: list[str]) -> None:
+    r = tool("dl-agent", *broker_args, "get", f"{kv_service}_peaches")
+    assert r.returncode == 0, r.stderr
+    assert "Return Code: 0" in r.stdout
+    assert '"value_cal": 1.5' in r.stdout
+
+
+def test_json_print_and_scalar_typing(kv_service: str, broker_args: list[str]) -> None:
+    # keywords alone are no value: set is refused before anything is sent
+    r = tool("dl-agent", *broker_args, "set", f"{kv_service}_recipe", "eggs=3", "vegan=false")
+    assert r.returncode == 4 and "401" in r.stderr
+    r = tool("dl-agent", *broker_args, "--json-print", "set", f"{kv_service}_cheese", "-5")
+    reply = json.loads(r.stdout)
+    assert reply["payload"] == {"value_raw": -5}
+    r = tool("dl-agent", *broker_args, "--pretty-print", "get", f"{kv_service}_cheese")
+    assert json.loads(r.stdout)["payload"]["value_raw"] == -5
+
+
+@pytest.mark.parametrize(
+    ("args", "status"),
+    [
+        (["cmd", "{svc}_peaches", "-s", "no_such_method"], 3),  # 306
+        (["get", "{svc}_peaches", "-s", "no_such_attr"], 3),    # 310
+        (["-k", "zzz", "get", "{svc}_peaches"], 3),             # 308
+        (["get", "nobody_listens_here_x1"], 4),                 # 403
+        (["cmd", "broadcast", "-s", "ping"], 0),
+    ],
+)
+def test_exit_status_is_return_code_div_100(kv_service, broker_args, args, status) -> None:
+    r = tool("dl-agent", *broker_args, *[a.format(svc=kv_service) for a in args])
+    assert r.returncode == status, r.stdout + r.stderr
+
+
+def test_timeout_is_404_exit_4(kv_service: str, broker_args: list[str], amqp_url: str) -> None:
+    # a queue bound but never answering: the request is routed, then times out
+    from .rawamqp import RawClient
+
+    raw = RawClient(amqp_url)
+    q = raw.declare_queue()
+    raw.bind(q, "requests", "silent_endpoint_x2.#")
+    try:
+        r = tool("dl-agent", *broker_args, "-t", "0.5", "get", "silent_endpoint_x2")
+    finally:
+        raw.close()
+    assert r.returncode == 4 and "404" in r.stdout
+
+
+def test_save_writes_payload(kv_service: str, broker_args: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "peaches.json"
+    r = tool("dl-agent", *broker_args, "--suppress-output", "get", f"{kv_service}_peaches", f"save={out}")
+    assert r.returncode == 0 and r.stdout == ""
+    assert json.loads(out.read_text())["value_raw"] == 0.75
+
+
+def test_unreachable_broker_is_reported(tmp_path: Path) -> None:
+    r = tool("dl-agent", "-b", "127.0.0.1", "-p", "1", "--max-connection-attempts", "1", "get", "x")
+    assert r.returncode == 1
+    assert "cannot connect" in r.stderr
+
+
+def test_help_everywhere() -> None:
+    for name in ("dl-agent", "dl-serve", "dl-mon"):
+        r = tool(name, "--help")
+        assert r.returncode == 0 and "usage:" in r.stdout
+    r = tool("dl-agent", "get", "--help")
+    assert "--specifier" in r.stdout
+
+
+def test_serve_rejects_bad_config_naming_file_and_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text("name: x\nendpoints:\n  - name: p\n    module: KeyValueStore\n    log_intervall: 3\n")
+    r = tool("dl-serve", "-c", str(cfg))
+    assert r.returncode == 100
+    assert f"{cfg}: endpoints[0].log_intervall: unknown key for KeyValueStore (did you mean 'log_interval'?)" \
+        in r.stderr
+    cfg.write_text("name: x\nendpoints:\n  - name: p\n    module: KeyValueStor\n")
+    r = tool("dl-serve", "-c", str(cfg))
+    assert "endpoints[0].module: unknown module 'KeyValueStor' (did you mean 'KeyValueStore'?)" in r.stderr
+    cfg.write_text("name: x\nheartbeat_interval_s: soon\n")
+    r = tool("dl-serve", "-c", str(cfg))
+    assert "heartbeat_interval_s:" in r.stderr and "number" in r.stderr
+    cfg.write_text("name: [unclosed\n")
+    r = tool("dl-serve", "-c", str(cfg))
+    assert r.returncode == 100 and "invalid YAML at line" in r.stderr
+    cfg.write_text("name: x\ndripline_mesh:\n  brokr: h\n")
+    assert "dripline_mesh.brokr: unknown key" in tool("dl-serve", "-c", str(cfg)).stderr
+    cfg.write_text("name: x\ndripline_mesh:\n  broker: ENV{INSECTARIUM_SURELY_UNSET}\n")
+    assert "INSECTARIUM_SURELY_UNSET is not set" in tool("dl-serve", "-c", str(cfg)).stderr
+
+
+def test_serve_check_validates_repo_config_without_password(tmp_path: Path) -> None:
+    r = tool("dl-serve", "-c", str(REPO / "files/configs/kv_store_tutorial.yaml"), "--check",
+             "--password", "s3cret-value")
+    assert r.returncode == 0, r.stderr
+    assert "not-glenlivet" in r.stdout and "peaches" in r.stdout
+    assert "s3cret-value" not in r.stdout + r.stderr
+
+
+def test_mon_shows_an_alert(broker_args: list[str]) -> None:
+    key = f"sensor_value.{unique('mon')}"
+    proc = subprocess.Popen([sys.executable, "-m", "insectarium.cli.mon", *broker_args, "-a", key, "-n", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            tool("dl-agent", *broker_args, "alert", key, "value_raw=4.5")
+            try:
+                proc.wait(1)
+            except subprocess.TimeoutExpired:
+                continue
+        out, _err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0
+    assert key in out and '"value_raw": 4.5' in out
