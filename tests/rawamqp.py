@@ -45,8 +45,20 @@ def parse_table(data: bytes, offset: int = 0) -> tuple[dict[str, Field], int]:
 def parse_value(data: bytes, offset: int) -> tuple[Field, int]:
     code = chr(data[offset])
     offset += 1
-    fixed = {"t": ">B", "b": ">b", "B": ">B", "s": ">h", "u": ">H", "I": ">i", "i": ">I",
-             "l": ">q", "L": ">Q", "f": ">f", "d": ">d", "T": ">Q"}
+    fixed = {
+        "t": ">B",
+        "b": ">b",
+        "B": ">B",
+        "s": ">h",
+        "u": ">H",
+        "I": ">i",
+        "i": ">I",
+        "l": ">q",
+        "L": ">Q",
+        "f": ">f",
+        "d": ">d",
+        "T": ">Q",
+    }
     if code in fixed:
         (value,) = struct.unpack_from(fixed[code], data, offset)
         return Field(code, value), offset + struct.calcsize(fixed[code])
@@ -76,11 +88,20 @@ def parse_value(data: bytes, offset: int) -> tuple[Field, int]:
 
 # Basic content-header property flags, in wire order
 _PROPS = [
-    ("content_type", 15, "shortstr"), ("content_encoding", 14, "shortstr"), ("headers", 13, "table"),
-    ("delivery_mode", 12, "octet"), ("priority", 11, "octet"), ("correlation_id", 10, "shortstr"),
-    ("reply_to", 9, "shortstr"), ("expiration", 8, "shortstr"), ("message_id", 7, "shortstr"),
-    ("timestamp", 6, "longlong"), ("type", 5, "shortstr"), ("user_id", 4, "shortstr"),
-    ("app_id", 3, "shortstr"), ("cluster_id", 2, "shortstr"),
+    ("content_type", 15, "shortstr"),
+    ("content_encoding", 14, "shortstr"),
+    ("headers", 13, "table"),
+    ("delivery_mode", 12, "octet"),
+    ("priority", 11, "octet"),
+    ("correlation_id", 10, "shortstr"),
+    ("reply_to", 9, "shortstr"),
+    ("expiration", 8, "shortstr"),
+    ("message_id", 7, "shortstr"),
+    ("timestamp", 6, "longlong"),
+    ("type", 5, "shortstr"),
+    ("user_id", 4, "shortstr"),
+    ("app_id", 3, "shortstr"),
+    ("cluster_id", 2, "shortstr"),
 ]
 
 
@@ -123,14 +144,21 @@ class BrokerClosed(RuntimeError):
 class RawClient:
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         u = urlparse(url)
-        self.sock = socket.create_connection((u.hostname or "localhost", u.port or 5672), timeout=timeout)
+        self.sock = socket.create_connection(
+            (u.hostname or "localhost", u.port or 5672), timeout=timeout
+        )
         self.buf = b""
         self.sock.sendall(frame.marshal(header.ProtocolHeader(), 0))
         self._expect(commands.Connection.Start)
         user, password = unquote(u.username or "guest"), unquote(u.password or "guest")
-        self._send(commands.Connection.StartOk(
-            client_properties={"product": "rawamqp-test"}, mechanism="PLAIN",
-            response=f"\0{user}\0{password}", locale="en_US"))
+        self._send(
+            commands.Connection.StartOk(
+                client_properties={"product": "rawamqp-test"},
+                mechanism="PLAIN",
+                response=f"\0{user}\0{password}",
+                locale="en_US",
+            )
+        )
         tune = self._expect(commands.Connection.Tune)
         self.frame_max = tune.frame_max
         self._send(commands.Connection.TuneOk(channel_max=1, frame_max=tune.frame_max, heartbeat=0))
@@ -166,7 +194,7 @@ class RawClient:
     def _expect(self, kind: type, timeout: float = 10.0) -> Any:
         deadline = time.monotonic() + timeout
         while True:
-            obj, raw = self._read_frame(deadline)
+            obj, _raw = self._read_frame(deadline)
             if isinstance(obj, kind):
                 return obj
             if isinstance(obj, commands.Basic.Deliver):
@@ -180,8 +208,9 @@ class RawClient:
     def _read_content(self, deliver: Any, deadline: float) -> RawDelivery:
         _hdr, raw = self._read_frame(deadline)
         props = parse_content_header(raw[7:-1])
-        delivery = RawDelivery(deliver.exchange, deliver.routing_key, props,
-                               headers=props.get("headers", {}))
+        delivery = RawDelivery(
+            deliver.exchange, deliver.routing_key, props, headers=props.get("headers", {})
+        )
         size = struct.unpack_from(">Q", raw, 7 + 4)[0]
         while len(delivery.body) < size:
             body_frame, _ = self._read_frame(deadline)
@@ -195,7 +224,9 @@ class RawClient:
         return self._expect(commands.Queue.DeclareOk).queue
 
     def bind(self, queue: str, exchange: str, routing_key: str) -> None:
-        self._send(commands.Queue.Bind(queue=queue, exchange=exchange, routing_key=routing_key), channel=1)
+        self._send(
+            commands.Queue.Bind(queue=queue, exchange=exchange, routing_key=routing_key), channel=1
+        )
         self._expect(commands.Queue.BindOk)
 
     def declare_exchange(self, name: str) -> None:
@@ -237,6 +268,8 @@ class RawClient:
 
     def close(self) -> None:
         try:
-            self._send(commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0))
+            self._send(
+                commands.Connection.Close(reply_code=200, reply_text="bye", class_id=0, method_id=0)
+            )
         finally:
             self.sock.close()

@@ -29,7 +29,9 @@ def mesh_for(url: str, **extra: Any) -> MeshConfig:
 
     u = urlparse(url)
     vhost = unquote(u.path[1:]) if u.path not in ("", "/") else "/"
-    return MeshConfig(broker=u.hostname or "localhost", broker_port=u.port or 5672, vhost=vhost, **extra)
+    return MeshConfig(
+        broker=u.hostname or "localhost", broker_port=u.port or 5672, vhost=vhost, **extra
+    )
 
 
 def auth_for(url: str) -> Authentication:
@@ -37,8 +39,12 @@ def auth_for(url: str) -> Authentication:
 
     u = urlparse(url)
     return Authentication(
-        groups={"dripline": {"username": unquote(u.username or "guest"),
-                             "password": unquote(u.password or "guest")}}
+        groups={
+            "dripline": {
+                "username": unquote(u.username or "guest"),
+                "password": unquote(u.password or "guest"),
+            }
+        }
     )
 
 
@@ -68,13 +74,15 @@ async def running(service: Service) -> AsyncIterator[Service]:
 
 @pytest.fixture
 async def client(amqp_url: str) -> AsyncIterator[Interface]:
-    iface = Interface(dripline_mesh=mesh_for(amqp_url), authentication=auth_for(amqp_url), timeout_s=5)
+    iface = Interface(
+        dripline_mesh=mesh_for(amqp_url), authentication=auth_for(amqp_url), timeout_s=5
+    )
     await iface.start()
     yield iface
     await iface.close()
 
 
-async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:
+async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109
     """Poll ``predicate`` (sync or async) until it returns a truthy value."""
     deadline = asyncio.get_running_loop().time() + timeout
     while True:

@@ -31,9 +31,14 @@ def broker_args(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> list
 
 def tool(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     module = {"dl-agent": "agent", "dl-serve": "serve", "dl-mon": "mon"}[name]
-    return subprocess.run([sys.executable, "-m", f"insectarium.cli.{module}", *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HOME": os.environ.get("HOME", "/root")})
+    return subprocess.run(
+        [sys.executable, "-m", f"insectarium.cli.{module}", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HOME": os.environ.get("HOME", "/root")},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +54,12 @@ def kv_service(broker_args: list[str], tmp_path_factory: pytest.TempPathFactory)
         ep["log_interval"] = 0
     cfg = tmp_path_factory.mktemp("kv") / "kv.yaml"
     cfg.write_text(yaml.safe_dump(base))
-    proc = subprocess.Popen([sys.executable, "-m", "insectarium.cli.serve", "-c", str(cfg), *broker_args],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "insectarium.cli.serve", "-c", str(cfg), *broker_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while tool("dl-agent", *broker_args, "-t", "1", "cmd", prefix, "-s", "ping").returncode != 0:
         assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
@@ -82,9 +91,9 @@ def test_json_print_and_scalar_typing(kv_service: str, broker_args: list[str]) -
     ("args", "status"),
     [
         (["cmd", "{svc}_peaches", "-s", "no_such_method"], 3),  # 306
-        (["get", "{svc}_peaches", "-s", "no_such_attr"], 3),    # 310
-        (["-k", "zzz", "get", "{svc}_peaches"], 3),             # 308
-        (["get", "nobody_listens_here_x1"], 4),                 # 403
+        (["get", "{svc}_peaches", "-s", "no_such_attr"], 3),  # 310
+        (["-k", "zzz", "get", "{svc}_peaches"], 3),  # 308
+        (["get", "nobody_listens_here_x1"], 4),  # 403
         (["cmd", "broadcast", "-s", "ping"], 0),
     ],
 )
@@ -109,7 +118,9 @@ def test_timeout_is_404_exit_4(kv_service: str, broker_args: list[str], amqp_url
 
 def test_save_writes_payload(kv_service: str, broker_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "peaches.json"
-    r = tool("dl-agent", *broker_args, "--suppress-output", "get", f"{kv_service}_peaches", f"save={out}")
+    r = tool(
+        "dl-agent", *broker_args, "--suppress-output", "get", f"{kv_service}_peaches", f"save={out}"
+    )
     assert r.returncode == 0 and r.stdout == ""
     assert json.loads(out.read_text())["value_raw"] == 0.75
 
@@ -130,14 +141,21 @@ def test_help_everywhere() -> None:
 
 def test_serve_rejects_bad_config_naming_file_and_key(tmp_path: Path) -> None:
     cfg = tmp_path / "bad.yaml"
-    cfg.write_text("name: x\nendpoints:\n  - name: p\n    module: KeyValueStore\n    log_intervall: 3\n")
+    cfg.write_text(
+        "name: x\nendpoints:\n  - name: p\n    module: KeyValueStore\n    log_intervall: 3\n"
+    )
     r = tool("dl-serve", "-c", str(cfg))
     assert r.returncode == 100
-    assert f"{cfg}: endpoints[0].log_intervall: unknown key for KeyValueStore (did you mean 'log_interval'?)" \
-        in r.stderr
+    assert (
+        f"{cfg}: endpoints[0].log_intervall: unknown key for KeyValueStore "
+        "(did you mean 'log_interval'?)" in r.stderr
+    )
     cfg.write_text("name: x\nendpoints:\n  - name: p\n    module: KeyValueStor\n")
     r = tool("dl-serve", "-c", str(cfg))
-    assert "endpoints[0].module: unknown module 'KeyValueStor' (did you mean 'KeyValueStore'?)" in r.stderr
+    assert (
+        "endpoints[0].module: unknown module 'KeyValueStor' (did you mean 'KeyValueStore'?)"
+        in r.stderr
+    )
     cfg.write_text("name: x\nheartbeat_interval_s: soon\n")
     r = tool("dl-serve", "-c", str(cfg))
     assert "heartbeat_interval_s:" in r.stderr and "number" in r.stderr
@@ -151,8 +169,14 @@ def test_serve_rejects_bad_config_naming_file_and_key(tmp_path: Path) -> None:
 
 
 def test_serve_check_validates_repo_config_without_password(tmp_path: Path) -> None:
-    r = tool("dl-serve", "-c", str(REPO / "files/configs/kv_store_tutorial.yaml"), "--check",
-             "--password", "s3cret-value")
+    r = tool(
+        "dl-serve",
+        "-c",
+        str(REPO / "files/configs/kv_store_tutorial.yaml"),
+        "--check",
+        "--password",
+        "s3cret-value",
+    )
     assert r.returncode == 0, r.stderr
     assert "not-glenlivet" in r.stdout and "peaches" in r.stdout
     assert "s3cret-value" not in r.stdout + r.stderr
@@ -160,8 +184,12 @@ def test_serve_check_validates_repo_config_without_password(tmp_path: Path) -> N
 
 def test_mon_shows_an_alert(broker_args: list[str]) -> None:
     key = f"sensor_value.{unique('mon')}"
-    proc = subprocess.Popen([sys.executable, "-m", "insectarium.cli.mon", *broker_args, "-a", key, "-n", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "insectarium.cli.mon", *broker_args, "-a", key, "-n", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 20
         while proc.poll() is None and time.monotonic() < deadline:

@@ -83,8 +83,14 @@ def test_payload_is_compact_json_and_tolerates_python_types() -> None:
     import datetime as dt
     import decimal
 
-    body = dump_payload({"a": [1, 2], "t": dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC),
-                         "d": decimal.Decimal("1.5"), "u": "ü"})
+    body = dump_payload(
+        {
+            "a": [1, 2],
+            "t": dt.datetime(2024, 1, 2, 3, 4, 5, 6, tzinfo=dt.UTC),
+            "d": decimal.Decimal("1.5"),
+            "u": "ü",
+        }
+    )
     assert body == '{"a":[1,2],"t":"2024-01-02T03:04:05.000006Z","d":1.5,"u":"ü"}'.encode()
 
 
@@ -117,9 +123,15 @@ def test_bare_message_id_is_one_chunk() -> None:
 
 
 def _delivery(amqp_message, routing_key="peaches") -> Delivery:
-    return Delivery(body=amqp_message.body, headers=dict(amqp_message.headers), routing_key=routing_key,
-                    correlation_id=amqp_message.correlation_id, reply_to=amqp_message.reply_to,
-                    content_encoding=amqp_message.content_encoding, message_id=amqp_message.message_id)
+    return Delivery(
+        body=amqp_message.body,
+        headers=dict(amqp_message.headers),
+        routing_key=routing_key,
+        correlation_id=amqp_message.correlation_id,
+        reply_to=amqp_message.reply_to,
+        content_encoding=amqp_message.content_encoding,
+        message_id=amqp_message.message_id,
+    )
 
 
 async def test_reassembler_joins_out_of_order_chunks_and_ignores_duplicates() -> None:
@@ -178,8 +190,10 @@ def test_decode_wrong_encoding_is_invalid() -> None:
 
 def test_decode_accepts_any_integer_header_kind() -> None:
     # aio-pika/pika peers send small signed ints ('b'); dripline-cpp sends 'i'; accept both
-    for headers in ({"message_type": 3, "message_operation": 9},
-                    {"message_type": UInt32(3), "message_operation": UInt32(9)}):
+    for headers in (
+        {"message_type": 3, "message_operation": 9},
+        {"message_type": UInt32(3), "message_operation": UInt32(9)},
+    ):
         _, wire = pamqp_decode.field_table(pamqp_encode.field_table(headers))
         m = decode(body=b"{}", headers=wire, content_encoding="application/json")
         assert m.is_valid
@@ -198,5 +212,34 @@ def test_return_codes_table_and_registration() -> None:
         return_codes.register_return_code(1234, "other_name", "clash")
     with pytest.raises(ValueError):
         return_codes.register_return_code(555, "too_low", "reserved range")
-    assert {c.value for c in return_codes.all_return_codes()} >= {0, 1, 2, 3, 4, 5, 100, 101, 102, 200,
-        201, 202, 203, 300, 301, 302, 303, 304, 305, 306, 307, 308, 310, 400, 401, 402, 403, 404, 999}
+    assert {c.value for c in return_codes.all_return_codes()} >= {
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        100,
+        101,
+        102,
+        200,
+        201,
+        202,
+        203,
+        300,
+        301,
+        302,
+        303,
+        304,
+        305,
+        306,
+        307,
+        308,
+        310,
+        400,
+        401,
+        402,
+        403,
+        404,
+        999,
+    }

@@ -14,7 +14,9 @@ from insectarium.dripline.factory import create_service
 
 def test_auth_precedence(tmp_path: Path) -> None:
     f = tmp_path / "auth.yaml"
-    f.write_text("dripline:\n  username: from_file\n  password: file_pw\npostgres:\n  username: pg\n")
+    f.write_text(
+        "dripline:\n  username: from_file\n  password: file_pw\npostgres:\n  username: pg\n"
+    )
     env = {"DRIPLINE_PASSWORD": "env_pw"}
     a = Authentication.load(f, environ=env)
     assert (a.dripline.username, a.dripline.password) == ("from_file", "env_pw")
@@ -33,7 +35,9 @@ def test_auth_defaults_and_legacy_groups(tmp_path: Path, monkeypatch: pytest.Mon
     a = Authentication.load(environ={})
     assert (a.dripline.username, a.dripline.password) == ("guest", "guest")
     legacy = tmp_path / "old.json"
-    legacy.write_text('{"amqp": {"username": "u4", "password": "p4"}, "postgresql": {"username": "pgu"}}')
+    legacy.write_text(
+        '{"amqp": {"username": "u4", "password": "p4"}, "postgresql": {"username": "pgu"}}'
+    )
     a = Authentication.load(legacy, environ={})
     assert a.dripline.username == "u4" and a.postgres.username == "pgu"
 
@@ -67,30 +71,53 @@ def test_env_substitution() -> None:
         assert substitute_env(env_cfg) == {"a": ["val/x", {"b": "val"}]}
     finally:
         del os.environ["INSECT_T1"]
-    with pytest.raises(ConfigError, match=r"f.yaml: a\[0\]: environment variable INSECT_T1 is not set"):
+    with pytest.raises(
+        ConfigError, match=r"f.yaml: a\[0\]: environment variable INSECT_T1 is not set"
+    ):
         substitute_env(env_cfg, source="f.yaml")
 
 
 def test_factory_checks_types_and_required_keys() -> None:
-    with pytest.raises(ConfigError, match="endpoints\\[0\\].name: required key missing"):
+    with pytest.raises(ConfigError, match=r"endpoints\[0\]\.name: required key missing"):
         create_service({"name": "s", "endpoints": [{"module": "KeyValueStore"}]})
     with pytest.raises(ConfigError, match="get_on_set"):
-        create_service({"name": "s", "endpoints": [{"name": "p", "module": "KeyValueStore",
-                                                      "get_on_set": "perhaps"}]})
+        create_service(
+            {
+                "name": "s",
+                "endpoints": [{"name": "p", "module": "KeyValueStore", "get_on_set": "perhaps"}],
+            }
+        )
     with pytest.raises(ConfigError, match="duplicate endpoint name"):
-        create_service({"name": "s", "endpoints": [{"name": "p", "module": "KeyValueStore"},
-                                                    {"name": "p", "module": "KeyValueStore"}]})
+        create_service(
+            {
+                "name": "s",
+                "endpoints": [
+                    {"name": "p", "module": "KeyValueStore"},
+                    {"name": "p", "module": "KeyValueStore"},
+                ],
+            }
+        )
     with pytest.raises(ConfigError, match="must be non-empty without"):
         create_service({"name": "s", "endpoints": [{"name": "a.b", "module": "KeyValueStore"}]})
-    svc = create_service({"name": "s", "endpoints": [{"name": "p", "module": "KeyValueStore",
-                                                      "log_interval": {"seconds": 5}}]})
+    svc = create_service(
+        {
+            "name": "s",
+            "endpoints": [{"name": "p", "module": "KeyValueStore", "log_interval": {"seconds": 5}}],
+        }
+    )
     assert svc.sync_children["p"].log_interval == 5
 
 
 @pytest.mark.parametrize(
     ("calibration", "raw", "expected"),
-    [("2*{}", 0.75, 1.5), ("times3({})", "2", 6), ("{}+273.15", 1, 274.15),
-     ("sqrt({})", 16, 4.0), ("1 if {} > 0 else -1", -3, -1), ("max({}, 3)", 2, 3)],
+    [
+        ("2*{}", 0.75, 1.5),
+        ("times3({})", "2", 6),
+        ("{}+273.15", 1, 274.15),
+        ("sqrt({})", 16, 4.0),
+        ("1 if {} > 0 else -1", -3, -1),
+        ("max({}, 3)", 2, 3),
+    ],
 )
 def test_calibration_expressions(calibration: str, raw, expected) -> None:
     assert apply_calibration(calibration, raw) == pytest.approx(expected)
@@ -98,8 +125,18 @@ def test_calibration_expressions(calibration: str, raw, expected) -> None:
 
 @pytest.mark.parametrize(
     "expression",
-    ["__import__('os').system('true')", "().__class__.__bases__", "open('/etc/passwd')",
-     "[x for x in (1,)]", "lambda: 1", "9**9**9", "'a'*10**9", "globals()", "x.y", "f(a=1)"],
+    [
+        "__import__('os').system('true')",
+        "().__class__.__bases__",
+        "open('/etc/passwd')",
+        "[x for x in (1,)]",
+        "lambda: 1",
+        "9**9**9",
+        "'a'*10**9",
+        "globals()",
+        "x.y",
+        "f(a=1)",
+    ],
 )
 def test_calibration_refuses_unsafe_expressions(expression: str) -> None:
     with pytest.raises((CalibrationError, OverflowError)):
@@ -114,8 +151,19 @@ def test_dict_calibration() -> None:
 
 @pytest.mark.parametrize(
     ("text", "value"),
-    [("", None), ("true", True), ("FALSE", False), ("5", 5), ("-5", -5), ("2.5", 2.5), ("1e3", 1000.0),
-     ("abc", "abc"), ("1-2", "1-2"), ("-", "-"), ("0.1.2", "0.1.2")],
+    [
+        ("", None),
+        ("true", True),
+        ("FALSE", False),
+        ("5", 5),
+        ("-5", -5),
+        ("2.5", 2.5),
+        ("1e3", 1000.0),
+        ("abc", "abc"),
+        ("1-2", "1-2"),
+        ("-", "-"),
+        ("0.1.2", "0.1.2"),
+    ],
 )
 def test_scalar_typing_like_scarab(text: str, value) -> None:
     assert parse_scalar(text) == value

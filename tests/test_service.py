@@ -66,7 +66,9 @@ async def lab(mesh, auth):
         yield svc, thermo.name, kv.name
 
 
-async def code_of(client: Interface, target: str, op: MsgOp, payload: Any = None, **kw: Any) -> Message:
+async def code_of(
+    client: Interface, target: str, op: MsgOp, payload: Any = None, **kw: Any
+) -> Message:
     return await client.request(target, op, payload if payload is not None else {}, **kw)
 
 
@@ -91,17 +93,17 @@ async def test_cmd_with_values_and_keywords(lab, client) -> None:
 @pytest.mark.parametrize(
     ("op", "specifier", "payload", "code"),
     [
-        (MsgOp.SET, "", {}, 303),                       # set without values
-        (MsgOp.SET, "", [1, 2], 303),                   # payload not an object
-        (MsgOp.CMD, "add", {"values": ["a", "b", "c", "d"]}, 304),   # bad arguments
-        (MsgOp.CMD, "add", {"values": [1], "nope": 2}, 304),          # unknown keyword
-        (MsgOp.CMD, "", {}, 306),                       # cmd without method
+        (MsgOp.SET, "", {}, 303),  # set without values
+        (MsgOp.SET, "", [1, 2], 303),  # payload not an object
+        (MsgOp.CMD, "add", {"values": ["a", "b", "c", "d"]}, 304),  # bad arguments
+        (MsgOp.CMD, "add", {"values": [1], "nope": 2}, 304),  # unknown keyword
+        (MsgOp.CMD, "", {}, 306),  # cmd without method
         (MsgOp.CMD, "no_such_method", {}, 306),
-        (MsgOp.CMD, "handle_request", {}, 306),         # framework internals are not commands
+        (MsgOp.CMD, "handle_request", {}, 306),  # framework internals are not commands
         (MsgOp.CMD, "_private", {}, 306),
         (MsgOp.GET, "no_such_attribute", {}, 310),
         (MsgOp.GET, "_lock_key", {}, 310),
-        (MsgOp.SET, "name", {"values": ["x"]}, 310),    # protected attribute
+        (MsgOp.SET, "name", {"values": ["x"]}, 310),  # protected attribute
         (MsgOp.CMD, "explode", {}, 999),
         (MsgOp.CMD, "refuse", {}, 304),
     ],
@@ -138,17 +140,23 @@ async def test_lockout_cycle(lab, client) -> None:
     uuid.UUID(key)
     assert (await client.request(kv, MsgOp.SET, {"values": [1]})).return_code == 307
     assert (await client.request(kv, MsgOp.CMD, {}, specifier="lock")).return_code == 307
-    assert (await client.request(kv, MsgOp.CMD, {}, specifier="lock", lockout_key=key)).return_code == 200
+    assert (
+        await client.request(kv, MsgOp.CMD, {}, specifier="lock", lockout_key=key)
+    ).return_code == 200
     assert (await client.request(kv, MsgOp.GET, {})).return_code == 0  # get never needs the key
     status = await client.get(kv, specifier="is-locked")
     assert status["is_locked"] is True and status["tag"]["service_name"] == "unknown"
     assert (await client.request(kv, MsgOp.SET, {"values": [1]}, lockout_key=key)).return_code == 0
     assert (await client.request(kv, MsgOp.CMD, {}, specifier="unlock")).return_code == 200
     assert (await client.request(kv, MsgOp.CMD, {}, specifier="ping")).return_code == 0
-    assert (await client.request(kv, MsgOp.CMD, {}, specifier="unlock", lockout_key=key)).return_code == 0
+    assert (
+        await client.request(kv, MsgOp.CMD, {}, specifier="unlock", lockout_key=key)
+    ).return_code == 0
     assert (await client.request(kv, MsgOp.CMD, {}, specifier="unlock")).return_code == 1
     await client.cmd(kv, "lock")
-    assert (await client.request(kv, MsgOp.CMD, {"force": True}, specifier="unlock")).return_code == 0
+    assert (
+        await client.request(kv, MsgOp.CMD, {"force": True}, specifier="unlock")
+    ).return_code == 0
     assert (await client.get(kv, specifier="is-locked"))["is_locked"] is False
 
 
@@ -168,7 +176,9 @@ async def test_ping_answers_with_sender_exe(lab, client) -> None:
 
 async def test_set_condition_reaches_children_and_validates(lab, client) -> None:
     svc, thermo, _kv = lab
-    assert (await client.request(svc.name, MsgOp.CMD, {"values": [10]}, specifier="set_condition")).return_code == 0
+    assert (
+        await client.request(svc.name, MsgOp.CMD, {"values": [10]}, specifier="set_condition")
+    ).return_code == 0
     assert svc.sync_children[thermo].conditions == [10]
     reply = await client.request(thermo, MsgOp.CMD, {"values": ["x"]}, specifier="set_condition")
     assert reply.return_code == 304
@@ -197,8 +207,9 @@ async def test_timeout_is_404(mesh, auth, client) -> None:
     svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
     svc.add_endpoint(Thermometer(f"{name}_t"))
     async with running(svc):
-        reply = await client.request(f"{name}_t", MsgOp.CMD, {"values": [1, 2.0]},
-                                     specifier="slow_echo", timeout_s=0.3)
+        reply = await client.request(
+            f"{name}_t", MsgOp.CMD, {"values": [1, 2.0]}, specifier="slow_echo", timeout_s=0.3
+        )
     assert reply.return_code == 404
 
 
@@ -224,16 +235,26 @@ class Recorder(AlertConsumer):
 
 async def test_alert_consumer_gets_sensor_values_and_heartbeats(mesh, auth, client) -> None:
     src = unique("alert_src")
-    recorder = Recorder(unique("recorder"), alert_keys=["sensor_value.#", f"heartbeat.{src}"],
-                        alert_key_parser_re=r"(?P<kind>[a-z_]+)\.(?P<name>.+)",
-                        dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    recorder = Recorder(
+        unique("recorder"),
+        alert_keys=["sensor_value.#", f"heartbeat.{src}"],
+        alert_key_parser_re=r"(?P<kind>[a-z_]+)\.(?P<name>.+)",
+        dripline_mesh=mesh,
+        authentication=auth,
+        heartbeat_interval_s=0,
+    )
     service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0.3)
-    service.add_endpoint(KeyValueStore(f"{src}_p", initial_value=1, calibration="2*{}",
-                                       log_interval=0.2))
-    service.add_endpoint(KeyValueStore(f"{src}_q", initial_value="a", get_on_set=True, log_on_set=True))
+    service.add_endpoint(
+        KeyValueStore(f"{src}_p", initial_value=1, calibration="2*{}", log_interval=0.2)
+    )
+    service.add_endpoint(
+        KeyValueStore(f"{src}_q", initial_value="a", get_on_set=True, log_on_set=True)
+    )
     async with running(recorder), running(service):
         await client.set(f"{src}_q", "b")
-        await eventually(lambda: {r[0]["name"] for r in recorder.seen} >= {src, f"{src}_p", f"{src}_q"})
+        await eventually(
+            lambda: {r[0]["name"] for r in recorder.seen} >= {src, f"{src}_p", f"{src}_q"}
+        )
     by_name = {r[0]["name"]: r for r in recorder.seen}
     assert by_name[f"{src}_p"][1] == {"value_raw": 1, "value_cal": 2}
     assert by_name[f"{src}_q"][1] == {"value_raw": "b"}
@@ -242,11 +263,23 @@ async def test_alert_consumer_gets_sensor_values_and_heartbeats(mesh, auth, clie
 
 async def test_scheduled_logging_honours_change_thresholds(mesh, auth, client) -> None:
     src = unique("thresh")
-    recorder = Recorder(unique("rec"), alert_keys=[f"sensor_value.{src}_v"], dripline_mesh=mesh,
-                        authentication=auth, heartbeat_interval_s=0)
+    recorder = Recorder(
+        unique("rec"),
+        alert_keys=[f"sensor_value.{src}_v"],
+        dripline_mesh=mesh,
+        authentication=auth,
+        heartbeat_interval_s=0,
+    )
     service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
-    service.add_endpoint(KeyValueStore(f"{src}_v", initial_value=10.0, log_interval=0.1,
-                                       max_absolute_change=1.0, check_field="value_raw"))
+    service.add_endpoint(
+        KeyValueStore(
+            f"{src}_v",
+            initial_value=10.0,
+            log_interval=0.1,
+            max_absolute_change=1.0,
+            check_field="value_raw",
+        )
+    )
     async with running(recorder), running(service):
         await eventually(lambda: len(recorder.seen) >= 1)
         await asyncio.sleep(0.5)
@@ -260,8 +293,13 @@ async def test_scheduled_logging_honours_change_thresholds(mesh, auth, client) -
 
 async def test_log_interval_can_be_changed_at_run_time(mesh, auth, client) -> None:
     src = unique("retime")
-    recorder = Recorder(unique("rec"), alert_keys=[f"sensor_value.{src}_v"], dripline_mesh=mesh,
-                        authentication=auth, heartbeat_interval_s=0)
+    recorder = Recorder(
+        unique("rec"),
+        alert_keys=[f"sensor_value.{src}_v"],
+        dripline_mesh=mesh,
+        authentication=auth,
+        heartbeat_interval_s=0,
+    )
     service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
     service.add_endpoint(KeyValueStore(f"{src}_v", initial_value=1, log_interval=0))
     async with running(recorder), running(service):
@@ -275,11 +313,17 @@ async def test_log_interval_can_be_changed_at_run_time(mesh, auth, client) -> No
 async def test_entity_without_calibration_still_logs(mesh, auth) -> None:
     """dripline-python's default check_field (value_cal) never logs an uncalibrated entity."""
     src = unique("nocal")
-    recorder = Recorder(unique("rec"), alert_keys=[f"sensor_value.{src}_v"], dripline_mesh=mesh,
-                        authentication=auth, heartbeat_interval_s=0)
+    recorder = Recorder(
+        unique("rec"),
+        alert_keys=[f"sensor_value.{src}_v"],
+        dripline_mesh=mesh,
+        authentication=auth,
+        heartbeat_interval_s=0,
+    )
     service = Service(src, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
-    service.add_endpoint(KeyValueStore(f"{src}_v", initial_value=5, log_interval=0.1,
-                                       max_absolute_change=0.5))
+    service.add_endpoint(
+        KeyValueStore(f"{src}_v", initial_value=5, log_interval=0.1, max_absolute_change=0.5)
+    )
     async with running(recorder), running(service):
         await eventually(lambda: len(recorder.seen) >= 1)
 
@@ -288,7 +332,9 @@ async def test_calibration_failure_is_304(mesh, auth, client) -> None:
     name = unique("badcal")
     svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
     svc.add_endpoint(KeyValueStore(f"{name}_v", initial_value="gouda", calibration="2*{}"))
-    svc.add_endpoint(KeyValueStore(f"{name}_d", initial_value=1, calibration={"1": "on", "0": "off"}))
+    svc.add_endpoint(
+        KeyValueStore(f"{name}_d", initial_value=1, calibration={"1": "on", "0": "off"})
+    )
     async with running(svc):
         assert (await client.request(f"{name}_v", MsgOp.GET, {})).return_code == 304
         assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}

@@ -37,19 +37,38 @@ def raw(amqp_url: str) -> Iterator[RawClient]:
 def dl_headers(operation: int, specifier: str = "", lockout_key: str = NIL_UUID) -> dict:
     """Headers as dripline-cpp's dl-agent writes them."""
     return {
-        "message_type": UInt32(3), "message_operation": UInt32(operation), "lockout_key": lockout_key,
-        "specifier": specifier, "timestamp": "2026-01-01T00:00:00.000000Z",
+        "message_type": UInt32(3),
+        "message_operation": UInt32(operation),
+        "lockout_key": lockout_key,
+        "specifier": specifier,
+        "timestamp": "2026-01-01T00:00:00.000000Z",
         "sender_info": sender_info("unknown"),
     }
 
 
-def raw_request(raw: RawClient, reply_queue: str, routing_key: str, body: bytes, *,
-                operation: int = 1, specifier: str = "", message_id: str | None = None,
-                headers: dict | None = None, encoding: str = "application/json") -> str:
+def raw_request(
+    raw: RawClient,
+    reply_queue: str,
+    routing_key: str,
+    body: bytes,
+    *,
+    operation: int = 1,
+    specifier: str = "",
+    message_id: str | None = None,
+    headers: dict | None = None,
+    encoding: str = "application/json",
+) -> str:
     correlation = str(uuid.uuid4())
-    raw.publish("requests", routing_key, body, content_encoding=encoding, correlation_id=correlation,
-                reply_to=reply_queue, message_id=message_id or f"{uuid.uuid4()}/0/1",
-                headers=headers if headers is not None else dl_headers(operation, specifier))
+    raw.publish(
+        "requests",
+        routing_key,
+        body,
+        content_encoding=encoding,
+        correlation_id=correlation,
+        reply_to=reply_queue,
+        message_id=message_id or f"{uuid.uuid4()}/0/1",
+        headers=headers if headers is not None else dl_headers(operation, specifier),
+    )
     return correlation
 
 
@@ -58,11 +77,13 @@ async def test_request_from_interface_on_the_wire(raw: RawClient, amqp_url: str)
     queue = raw.declare_queue()
     raw.bind(queue, "requests", f"{target}.#")
     raw.consume(queue)
-    async with Interface(dripline_mesh=mesh_for(amqp_url), authentication=auth_for(amqp_url)) as iface:
+    async with Interface(
+        dripline_mesh=mesh_for(amqp_url), authentication=auth_for(amqp_url)
+    ) as iface:
         reply = await iface.request(target, 1, {}, specifier="a.b", timeout_s=0.5)
         assert reply.return_code == 404  # our raw queue took it but never answered
         d = await asyncio.to_thread(raw.next_delivery, 5)
-        reply_queue = iface._reply_queue.name  # noqa: SLF001
+        reply_queue = iface._reply_queue.name
     assert d.exchange == "requests" and d.routing_key == target
     assert d.properties["content_encoding"] == "application/json"
     assert re.fullmatch(UUID_RE, d.properties["correlation_id"])
@@ -78,7 +99,12 @@ async def test_request_from_interface_on_the_wire(raw: RawClient, amqp_url: str)
     info = h["sender_info"]
     assert info.type == "F"
     assert {k: f.type for k, f in info.value.items()} == {
-        "exe": "S", "hostname": "S", "username": "S", "service_name": "S", "versions": "F"}
+        "exe": "S",
+        "hostname": "S",
+        "username": "S",
+        "service_name": "S",
+        "versions": "F",
+    }
     assert info.value["versions"].value["dripline"].value["version"].value == "3.0.0"
     assert json.loads(d.body) == {}
 
@@ -110,8 +136,9 @@ async def test_sensor_value_alert_on_the_wire(raw: RawClient, mesh, auth) -> Non
     raw.bind(queue, "alerts", f"sensor_value.{name}_chips")
     raw.consume(queue)
     svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
-    svc.add_endpoint(KeyValueStore(f"{name}_chips", initial_value=2, calibration="times3({})",
-                                   log_interval=0.2))
+    svc.add_endpoint(
+        KeyValueStore(f"{name}_chips", initial_value=2, calibration="times3({})", log_interval=0.2)
+    )
     async with running(svc):
         d = await asyncio.to_thread(raw.next_delivery, 5)
     assert d.exchange == "alerts" and d.routing_key == f"sensor_value.{name}_chips"
@@ -120,7 +147,9 @@ async def test_sensor_value_alert_on_the_wire(raw: RawClient, mesh, auth) -> Non
     assert json.loads(d.body) == {"value_raw": 2, "value_cal": 6}
 
 
-async def test_large_reply_is_chunked_and_large_request_reassembled(raw: RawClient, mesh, auth) -> None:
+async def test_large_reply_is_chunked_and_large_request_reassembled(
+    raw: RawClient, mesh, auth
+) -> None:
     name = unique("wire_chunks")
     small_mesh = mesh.model_copy(update={"max_payload_size": 1000})
     svc = Service(name, dripline_mesh=small_mesh, authentication=auth, heartbeat_interval_s=0)
@@ -133,12 +162,19 @@ async def test_large_reply_is_chunked_and_large_request_reassembled(raw: RawClie
         uid = str(uuid.uuid4())
         corr = str(uuid.uuid4())
         headers = dl_headers(0)
-        pieces = [body[i:i + 1000] for i in range(0, len(body), 1000)]
+        pieces = [body[i : i + 1000] for i in range(0, len(body), 1000)]
         for i, piece in enumerate(reversed(pieces)):  # out of order on purpose
             index = len(pieces) - 1 - i
-            raw.publish("requests", f"{name}_big", piece, content_encoding="application/json",
-                        correlation_id=corr, reply_to=reply_queue,
-                        message_id=f"{uid}/{index}/{len(pieces)}", headers=headers)
+            raw.publish(
+                "requests",
+                f"{name}_big",
+                piece,
+                content_encoding="application/json",
+                correlation_id=corr,
+                reply_to=reply_queue,
+                message_id=f"{uid}/{index}/{len(pieces)}",
+                headers=headers,
+            )
         set_reply = await asyncio.to_thread(raw.next_delivery, 5)
         assert set_reply.headers["return_code"].value == 0
         # the get reply is bigger than max_payload_size: it comes back in chunks
@@ -154,13 +190,20 @@ async def test_large_reply_is_chunked_and_large_request_reassembled(raw: RawClie
 
 async def test_incomplete_chunked_request_gets_302(raw: RawClient, mesh, auth) -> None:
     name = unique("wire_partial")
-    svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0,
-                  message_wait_ms=200)
+    svc = Service(
+        name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0, message_wait_ms=200
+    )
     svc.add_endpoint(KeyValueStore(f"{name}_x"))
     async with running(svc):
         reply_queue = raw.setup_reply_queue()
-        raw_request(raw, reply_queue, f"{name}_x", b'{"values": [', operation=0,
-                    message_id=f"{uuid.uuid4()}/0/2")
+        raw_request(
+            raw,
+            reply_queue,
+            f"{name}_x",
+            b'{"values": [',
+            operation=0,
+            message_id=f"{uuid.uuid4()}/0/2",
+        )
         d = await asyncio.to_thread(raw.next_delivery, 5)
     assert d.headers["return_code"].value == 302
     payload = json.loads(d.body)
@@ -168,13 +211,15 @@ async def test_incomplete_chunked_request_gets_302(raw: RawClient, mesh, auth) -
     assert payload["invalid"].startswith('{"values": [')
 
 
-async def test_service_queue_and_bindings_as_dripline_declares_them(amqp_url: str, mesh, auth) -> None:
+async def test_service_queue_and_bindings_as_dripline_declares_them(
+    amqp_url: str, mesh, auth
+) -> None:
     """A second process with the same service name is refused (exclusive queue)."""
     name = unique("wire_excl")
     first = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
     second = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
     async with running(first):
-        with pytest.raises(Exception, match="RESOURCE_LOCKED|locked"):
+        with pytest.raises(Exception, match=r"RESOURCE_LOCKED|locked"):
             await second.start()
         await second.stop()
         async with Interface(dripline_mesh=mesh, authentication=auth) as iface:

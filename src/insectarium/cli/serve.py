@@ -22,7 +22,8 @@ log = logging.getLogger("dl-serve")
 EPILOG = """\
 examples:
   dl-serve -c files/configs/kv_store_tutorial.yaml
-  dl-serve -c slow_control_table.yaml -b rabbit-broker --auth-file /etc/insectarium/auth/not-sc_db.yaml \\
+  dl-serve -c slow_control_table.yaml -b rabbit-broker \\
+           --auth-file /etc/insectarium/auth/not-sc_db.yaml \\
            database_server=sc-db
 """
 

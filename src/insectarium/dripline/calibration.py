@@ -49,9 +49,10 @@ DEFAULT_FUNCTIONS: dict[str, Any] = {
     **{
         name: getattr(math, name)
         for name in (
-            "sqrt exp log log10 log2 sin cos tan asin acos atan atan2 sinh cosh tanh "
-            "floor ceil fabs hypot degrees radians isnan isinf"
-        ).split()
+            *("sqrt", "exp", "log", "log10", "log2", "sin", "cos", "tan", "asin", "acos"),
+            *("atan", "atan2", "sinh", "cosh", "tanh", "floor", "ceil", "fabs", "hypot"),
+            *("degrees", "radians", "isnan", "isinf"),
+        )
     },
 }
 

@@ -1,4 +1,4 @@
-"""Sending requests and waiting for replies: :class:`Interface` (async) and :class:`BlockingInterface`.
+"""Sending requests and waiting for replies: :class:`Interface` and :class:`BlockingInterface`.
 
 One exclusive reply queue per client, bound on the requests exchange to its own name (as dripline
 peers expect), consumed once; replies are matched to waiting calls by correlation id.  A

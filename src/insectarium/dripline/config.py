@@ -259,7 +259,10 @@ class Authentication:
         return cls(groups=groups, source=source)
 
     def get(
-        self, group: str, default_user: str = "guest", default_password: str = "guest"
+        self,
+        group: str,
+        default_user: str = "guest",
+        default_password: str = "guest",  # noqa: S107 - dripline's documented default
     ) -> Credentials:
         g = self.groups.get(group, {})
         return Credentials(

@@ -77,10 +77,11 @@ class Connection:
                     f"broker {self.url_for_humans} refused the credentials of user "
                     f"{self._credentials.username!r}"
                 ) from None
-            except (OSError, aiormq.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
                 if attempt == attempts:
                     raise BrokerUnavailable(
-                        f"cannot connect to {self.url_for_humans} after {attempts} attempt(s): {exc}"
+                        f"cannot connect to {self.url_for_humans} "
+                        f"after {attempts} attempt(s): {exc}"
                     ) from None
                 log.warning(
                     "cannot connect to %s (%s); retry %d/%d in %.1f s",

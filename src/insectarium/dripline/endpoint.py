@@ -56,7 +56,7 @@ class Reply:
 
 def parse_lockout_key(text: str | None) -> str | None:
     """Normalise a lockout key; ``None`` for "no key"; ``ValueError`` if it is not a UUID."""
-    if text is None or text == "" or text == NIL_UUID:
+    if text in (None, "", NIL_UUID):
         return None
     value = str(uuid.UUID(text.strip().strip("{}")))
     return None if value == NIL_UUID else value
@@ -304,7 +304,8 @@ def describe(msg: Message) -> str:
     op_num = -1 if msg.message_operation is None else msg.message_operation
     op = {0: "set", 1: "get", 9: "cmd"}.get(op_num, op_num)
     spec = f" -s {msg.specifier}" if msg.specifier else ""
-    return f"{op} {msg.routing_key}{spec} from {msg.sender_info.get('username', '?')}@{msg.sender_info.get('hostname', '?')}"
+    who = f"{msg.sender_info.get('username', '?')}@{msg.sender_info.get('hostname', '?')}"
+    return f"{op} {msg.routing_key}{spec} from {who}"
 
 
 def _framework_classes() -> set[type]:

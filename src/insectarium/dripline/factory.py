@@ -110,16 +110,17 @@ def check_keys(cls: type, config: Mapping[str, Any], *, source: str, where: str)
             problems.append(f"{where}{key}: unknown key for {cls.__name__}{suggest(key, params)}")
             continue
         hint = hints.get(key)
+        checked = value
         if hint is not None and value is not None:
             try:
-                value = TypeAdapter(hint).validate_python(value)
+                checked = TypeAdapter(hint).validate_python(value)
             except ValidationError as exc:
                 first = exc.errors()[0]
                 problems.append(f"{where}{key}: {first['msg']} (got {value!r})")
                 continue
             except Exception:  # noqa: S110 - hints naming non-pydantic types are not checked
                 pass
-        out[key] = value
+        out[key] = checked
     for name, p in params.items():
         if p.default is p.empty and name not in config and name not in ("authentication",):
             problems.append(f"{where}{name}: required key missing for {cls.__name__}")

@@ -308,7 +308,7 @@ class ChunkId:
 
 
 def parse_message_id(message_id: str | None) -> ChunkId:
-    """``UUID/i/N`` → :class:`ChunkId`; a bare id is taken as a single chunk (the standard allows it).
+    """``UUID/i/N`` → :class:`ChunkId`; a bare id is one chunk (the standard allows it).
 
     Raises ``ValueError`` for ids whose chunk part is not two integers with ``0 <= i < N``.
     """

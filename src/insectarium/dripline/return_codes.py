@@ -107,7 +107,7 @@ def all_return_codes() -> list[ReturnCode]:
     return sorted(_by_value.values(), key=lambda c: c.value)
 
 
-class ThrowReply(Exception):  # noqa: N818 - name kept from dripline-python so plugin code ports as is
+class ThrowReply(Exception):
     """Raise inside a handler to answer the request with a given return code.
 
     ``ThrowReply('service_error_invalid_value', 'temperature must be positive')`` becomes a reply

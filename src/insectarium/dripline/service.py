@@ -202,7 +202,7 @@ class Service(Endpoint):
     def schedule(
         self, func: Callable[[], Any], interval: float, start_delay: float | None = None
     ) -> asyncio.Task[Any]:
-        """Call ``func`` (plain or async) every ``interval`` seconds; cancel the returned task to stop."""
+        """Call ``func`` (plain or async) every ``interval`` s; cancel the returned task to stop."""
 
         async def loop() -> None:
             await asyncio.sleep(interval if start_delay is None else start_delay)
