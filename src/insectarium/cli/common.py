@@ -81,6 +81,8 @@ def setup_logging(verbose: int, quiet: int, base: int = logging.WARNING) -> None
     if level > logging.DEBUG:
         logging.getLogger("aiormq").setLevel(max(level, logging.WARNING))
         logging.getLogger("aio_pika").setLevel(max(level, logging.WARNING))
+        # aio-pika reports its own channel-restore callbacks as errors during a reconnect
+        logging.getLogger("aio_pika.tools").setLevel(logging.CRITICAL)
 
 
 def parse_scalar(text: str) -> Any:

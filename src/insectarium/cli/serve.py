@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..dripline.config import load_mesh
     from ..dripline.connection import BrokerUnavailable
     from ..dripline.factory import create_service
+    from ..dripline.service import ServiceAlreadyRunning
 
     try:
         config, source = assemble_config(args)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return asyncio.run(serve(service))
-    except BrokerUnavailable as exc:
+    except (BrokerUnavailable, ServiceAlreadyRunning) as exc:
         log.error("%s", exc)
         return 100
     except KeyboardInterrupt:

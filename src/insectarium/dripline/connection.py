@@ -28,6 +28,10 @@ class UnroutableError(Exception):
     """The broker returned a mandatory message: nothing is bound to its routing key."""
 
 
+class NotConnected(ConnectionError):
+    """The broker connection is down for now; the robust connection is re-establishing it."""
+
+
 class BrokerUnavailable(ConnectionError):
     """Could not reach the broker after the configured number of attempts."""
 

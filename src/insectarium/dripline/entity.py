@@ -204,12 +204,18 @@ class Entity(Endpoint):
 
     async def _log_loop(self) -> None:
         interval = self._log_interval
+        paused = False
         while True:
             started = time.monotonic()
             try:
                 await self.scheduled_log()
+                paused = False
             except asyncio.CancelledError:
                 raise
+            except ConnectionError as exc:  # broker away: say it once per outage
+                if not paused:
+                    self.log.warning("scheduled logging paused: %s", exc)
+                paused = True
             except Exception:
                 self.log.exception("scheduled log of %s failed", self.name)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

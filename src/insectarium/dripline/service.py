@@ -20,18 +20,23 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
+import aiormq
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
 from .chunking import Delivery, Reassembler
 from .client import Interface
 from .config import Authentication, MeshConfig, load_mesh
-from .connection import Connection
+from .connection import Connection, NotConnected
 from .constants import DEFAULT_BROADCAST_KEY
 from .endpoint import Endpoint, Reply, describe, maybe_await
 from .entity import Entity
 from .message import Message
 
 log = logging.getLogger(__name__)
+
+
+class ServiceAlreadyRunning(RuntimeError):
+    """The broker refused our exclusive service queue: the name is taken by another process."""
 
 
 class Service(Endpoint):
@@ -126,9 +131,17 @@ class Service(Endpoint):
         channel = self.connection.channel
         assert channel is not None
         await channel.set_qos(prefetch_count=self.prefetch_count)
-        self._queue = await channel.declare_queue(
-            self.name, durable=False, exclusive=True, auto_delete=True
-        )
+        try:
+            self._queue = await channel.declare_queue(
+                self.name, durable=False, exclusive=True, auto_delete=True
+            )
+        except aiormq.exceptions.ChannelLockedResource:
+            await self.connection.close()
+            self.connection = None
+            raise ServiceAlreadyRunning(
+                f"another process already serves {self.name!r} on broker {self.mesh.broker} "
+                "(its queue is exclusive); stop it first or choose another name"
+            ) from None
         for key in self.binding_keys():
             await self._queue.bind(self.mesh.requests_exchange, routing_key=key)
         await self.setup_consumers()
@@ -149,7 +162,11 @@ class Service(Endpoint):
 
     async def run(self) -> None:
         """Start, serve until :meth:`request_stop` (or a signal in the CLI), then stop."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
         try:
             await self._stopping.wait()
         finally:
@@ -221,6 +238,10 @@ class Service(Endpoint):
     async def send(self, msg: Message) -> None:
         if self.connection is None:
             raise RuntimeError(f"service {self.name} is not started")
+        if not self.connection.connected.is_set():
+            raise NotConnected(
+                f"not connected to broker {self.connection.url_for_humans} (reconnecting)"
+            )
         await self.connection.publish(msg)
 
     async def send_alert(self, routing_key: str, payload: Any) -> None:
@@ -228,12 +249,16 @@ class Service(Endpoint):
 
     async def _heartbeat_loop(self) -> None:
         key = f"{self.mesh.heartbeat_routing_key}.{self.name}"
+        failing = False
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             try:
                 await self.send_alert(key, {"name": self.name, "id": self.instance_id})
-            except Exception as exc:  # broker away: the next beat will tell
-                log.warning("heartbeat not sent: %s", exc)
+                failing = False
+            except Exception as exc:  # broker away: say it once per outage
+                if not failing:
+                    log.warning("heartbeats paused: %s", exc)
+                failing = True
 
     # requests to other endpoints, through the broker (like dl-python's RequestSender)
     def _iface(self) -> Interface:
