@@ -18,6 +18,7 @@ import pytest
 from insectarium.dripline import Entity, Interface, Service
 from insectarium.dripline.constants import NIL_UUID
 from insectarium.dripline.message import UInt32, sender_info
+from insectarium.dripline.service import ServiceAlreadyRunning
 from insectarium.services.kv_store import KeyValueStore
 
 from .rawamqp import RawClient
@@ -219,7 +220,7 @@ async def test_service_queue_and_bindings_as_dripline_declares_them(
     first = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
     second = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
     async with running(first):
-        with pytest.raises(Exception, match=r"RESOURCE_LOCKED|locked"):
+        with pytest.raises(ServiceAlreadyRunning, match="already serves"):
             await second.start()
         await second.stop()
         async with Interface(dripline_mesh=mesh, authentication=auth) as iface:
