@@ -11,6 +11,13 @@ from typing import Any
 
 _LAZY = {
     "KeyValueStore": "kv_store",
+    "MultiDo": "multido",
+    "MultiGet": "multido",
+    "MultiSet": "multido",
+    "DAQService": "daq",
+    "GenericDAQProvider": "daq",
+    "TestingDAQProvider": "daq",
+    "MDReceiver": "metadata",
 }
 
 __all__ = sorted(_LAZY)
