@@ -12,15 +12,51 @@ Modules, one concept each:
 * :mod:`.factory` — building services from YAML (``dl-serve``).
 """
 
-from .alert_consumer import AlertConsumer
-from .client import BlockingInterface, Interface, ReplyError
-from .config import Authentication, ConfigError, MeshConfig
-from .constants import MsgOp, MsgType
-from .endpoint import Endpoint, Reply, current_request
-from .entity import Entity
-from .message import Message
-from .return_codes import ReturnCode, ThrowReply, register_return_code
-from .service import Service
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# Imported lazily (PEP 562): the CLIs start faster when ``--help`` or a constant does not pull in
+# aio-pika and pydantic.
+_EXPORTS = {
+    "AlertConsumer": "alert_consumer",
+    "Authentication": "config",
+    "BlockingInterface": "client",
+    "ConfigError": "config",
+    "Endpoint": "endpoint",
+    "Entity": "entity",
+    "Interface": "client",
+    "MeshConfig": "config",
+    "Message": "message",
+    "MsgOp": "constants",
+    "MsgType": "constants",
+    "Reply": "endpoint",
+    "ReplyError": "client",
+    "ReturnCode": "return_codes",
+    "Service": "service",
+    "ThrowReply": "return_codes",
+    "current_request": "endpoint",
+    "register_return_code": "return_codes",
+}
+
+if TYPE_CHECKING:
+    from .alert_consumer import AlertConsumer
+    from .client import BlockingInterface, Interface, ReplyError
+    from .config import Authentication, ConfigError, MeshConfig
+    from .constants import MsgOp, MsgType
+    from .endpoint import Endpoint, Reply, current_request
+    from .entity import Entity
+    from .message import Message
+    from .return_codes import ReturnCode, ThrowReply, register_return_code
+    from .service import Service
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "AlertConsumer",
