@@ -57,6 +57,7 @@ class Service(Endpoint):
         password: str | None = None,
         prefetch_count: int = 32,
         request_timeout_s: float = 10.0,
+        restart_on_error: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -72,6 +73,8 @@ class Service(Endpoint):
         self.message_wait_ms = message_wait_ms
         self.heartbeat_interval_s = float(heartbeat_interval_s)
         self.prefetch_count = prefetch_count
+        # accepted for dripline-python configs; reconnection is always on here
+        self.restart_on_error = restart_on_error
         self.request_timeout_s = request_timeout_s
         self.instance_id = str(uuid.uuid4())
         self.service = self
