@@ -1,0 +1,169 @@
+"""The yardsticks our services are measured against, written as simply as honest code allows.
+
+* a raw aio-pika RPC echo: server (its own process, like a dripline service) and client (one kept
+  connection, one exclusive reply queue, replies matched by correlation id) — what any AMQP
+  request/reply costs on this broker, without dripline's headers, routing and dispatch;
+* a naive sensor logger: one INSERT through the ``numeric_data`` trigger view and one transaction
+  per alert — what the lab would get without batching.
+
+Run the servers as processes: ``python -m bench.baselines echo-server`` /
+``python -m bench.baselines naive-logger``; they read ``BENCH_AMQP_URL`` / ``BENCH_PG_DSN`` from
+the environment (never a password on a command line) and print a ready line once consuming.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+
+ECHO_QUEUE = "bench_raw_echo"
+ECHO_READY = "raw echo ready"
+NAIVE_QUEUE = "bench_naive_alerts"
+NAIVE_READY = "naive logger ready"
+
+
+# --------------------------------------------------------------------------- raw RPC
+async def echo_server(url: str, prefetch: int = 32) -> None:
+    """Reply to every message on :data:`ECHO_QUEUE` with its own body, concurrently."""
+    connection = await aio_pika.connect_robust(url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=prefetch)
+    queue = await channel.declare_queue(ECHO_QUEUE, exclusive=True, auto_delete=True)
+    exchange = channel.default_exchange
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        reply = aio_pika.Message(
+            body=message.body,
+            correlation_id=message.correlation_id,
+            content_type="application/json",
+        )
+        await exchange.publish(reply, routing_key=message.reply_to or "")
+        await message.ack()
+
+    await queue.consume(on_message)
+    print(ECHO_READY, flush=True)
+    await _wait_for_signal()
+    await connection.close()
+
+
+class RawRpcClient:
+    """One connection, one exclusive reply queue, futures keyed by correlation id."""
+
+    def __init__(self, url: str, target: str = ECHO_QUEUE) -> None:
+        self.url = url
+        self.target = target
+        self._waiting: dict[str, asyncio.Future[bytes]] = {}
+
+    async def start(self) -> None:
+        self.connection = await aio_pika.connect_robust(self.url)
+        self.channel = await self.connection.channel()
+        self.reply_queue = await self.channel.declare_queue(
+            f"bench_raw_reply_{uuid.uuid4().hex}", exclusive=True, auto_delete=True
+        )
+        await self.reply_queue.consume(self._on_reply, no_ack=True)
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._waiting.pop(message.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result(message.body)
+
+    async def call(self, body: bytes, timeout_s: float = 10.0) -> bytes:
+        cid = str(uuid.uuid4())
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._waiting[cid] = future
+        await self.channel.default_exchange.publish(
+            aio_pika.Message(
+                body=body,
+                correlation_id=cid,
+                reply_to=self.reply_queue.name,
+                content_type="application/json",
+            ),
+            routing_key=self.target,
+        )
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._waiting.pop(cid, None)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+
+# --------------------------------------------------------------------------- naive logger
+async def naive_logger(url: str, dsn: str, alerts_exchange: str = "alerts") -> None:
+    """One alert → one INSERT into the trigger view → one commit → ack; strictly in order."""
+    import json
+
+    import psycopg
+
+    from insectarium.dripline.message import parse_timestamp
+
+    db = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    connection = await aio_pika.connect_robust(url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=100)
+    exchange = await channel.declare_exchange(
+        alerts_exchange, aio_pika.ExchangeType.TOPIC, durable=False, auto_delete=False
+    )
+    queue = await channel.declare_queue(NAIVE_QUEUE, durable=False, auto_delete=False)
+    await queue.bind(exchange, routing_key="sensor_value.#")
+    sql = (
+        'INSERT INTO numeric_data (endpoint_name, "timestamp", value_raw, value_cal) '
+        "VALUES (%s, %s, %s, %s)"
+    )
+
+    async def consume() -> None:
+        async with queue.iterator() as messages:
+            print(NAIVE_READY, flush=True)
+            async for message in messages:
+                name = (message.routing_key or "").split(".", 1)[-1]
+                stamp = parse_timestamp(str(message.headers["timestamp"])).replace(tzinfo=None)
+                payload = json.loads(message.body)
+                try:
+                    await db.execute(
+                        sql, (name, stamp, payload.get("value_raw"), payload.get("value_cal"))
+                    )
+                except psycopg.Error as exc:
+                    print(f"insert failed for {name}: {exc}", file=sys.stderr, flush=True)
+                await message.ack()
+
+    task = asyncio.create_task(consume())
+    await _wait_for_signal()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await connection.close()
+    await db.close()
+
+
+# --------------------------------------------------------------------------- CLI
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.baselines")
+    parser.add_argument("what", choices=["echo-server", "naive-logger"])
+    args = parser.parse_args(argv)
+    url = os.environ["BENCH_AMQP_URL"]
+    if args.what == "echo-server":
+        asyncio.run(echo_server(url))
+    else:
+        asyncio.run(naive_logger(url, os.environ["BENCH_PG_DSN"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
