@@ -18,6 +18,12 @@ _LAZY = {
     "GenericDAQProvider": "daq",
     "TestingDAQProvider": "daq",
     "MDReceiver": "metadata",
+    "PostgreSQLService": "postgres",
+    "SensorLogger": "sensor_logger",
+    "SensorLoggerStatus": "sensor_logger",
+    "SQLSnapshot": "snapshot",
+    "SQLTable": "sql_table",
+    "RunTable": "run_table",
 }
 
 __all__ = sorted(_LAZY)

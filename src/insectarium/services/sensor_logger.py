@@ -1,0 +1,515 @@
+"""``not-sc_db``: the SQL sensor logger (dragonfly's ``SensorLogger``, made fast and lossless).
+
+Every ``sensor_value.<endpoint>`` alert is a candidate row.  As in dragonfly (and unlike
+dripline-python 5's ``PostgresSensorLogger``) only endpoints listed in ``endpoint_id_map`` are
+stored, in the table their ``type`` names; values of other endpoints are dropped with **one** log
+line per endpoint name, so a chatty unmapped sensor cannot flood the log.
+
+What differs from dragonfly, and why (performance-notes.md):
+
+* ``endpoint_id_map`` is held in memory, refreshed when an unknown name shows up (at most every
+  ``id_map_min_refresh_s``) and every ``id_map_refresh_s``; an endpoint added to the table later
+  is picked up without a restart.
+* Values are buffered and written with ``COPY`` straight into ``endpoint_*_data`` (not through the
+  trigger views), one transaction per flush: every ``batch_size`` values or ``flush_interval_s``,
+  whichever comes first.  That is what reaches tens of thousands of values per second.
+* An alert is acknowledged only after the transaction holding its value committed
+  (:meth:`SensorLogger.process_alert` waits for it), and the queue ``not-sc_db_alerts`` is durable:
+  neither a logger restart nor a database outage loses values.  During an outage the batch is
+  retried with back-off; a value already stored (redelivered after a crash) is skipped through an
+  ``ON CONFLICT DO NOTHING`` path and counted, instead of failing its whole batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from ..dripline import AlertConsumer, Endpoint, Message
+from ..dripline.message import parse_timestamp
+from .postgres import CONNECTION_ERRORS, PostgreSQLService, identifier, qualified
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DATA_TABLES = {
+    "numeric": "endpoint_numeric_data",
+    "string": "endpoint_string_data",
+    "json": "endpoint_json_data",
+}
+SEED_HINT = "files/sql/seed/50_lab_endpoints.sql or postgresql_endpoints"
+
+# one row as written: endpoint_id, timestamp (naive UTC), value_raw, value_cal
+Row = tuple[int, dt.datetime, Any, Any]
+
+
+def parse_alert_time(text: str) -> dt.datetime:
+    """The alert's ``timestamp`` header as a naive UTC datetime (``ValueError`` if malformed).
+
+    The exact dripline form is read with ``fromisoformat`` (fast); anything else must still parse
+    as a dripline timestamp.
+    """
+    if len(text) == 27 and text[10] == "T" and text[26] == "Z" and text[19] == ".":
+        return dt.datetime.fromisoformat(text[:26])
+    return parse_timestamp(text).replace(tzinfo=None)
+
+
+def as_float(value: Any) -> float | None:
+    """A finite float, or ``None`` when the value is not a number (or is NaN/inf)."""
+    if value is None or isinstance(value, dict | list):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    return json.dumps(value, separators=(",", ":"))
+
+
+def as_json(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+@dataclass
+class Batch:
+    """Values waiting for one transaction, and the future their alerts wait on."""
+
+    rows: dict[str, list[Row]] = field(default_factory=dict)
+    memos: list[tuple[str, Row, str]] = field(default_factory=list)
+    size: int = 0
+    started: float = 0.0
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class SensorLogger(PostgreSQLService, AlertConsumer):
+    """Stores ``sensor_value.<endpoint>`` alerts of mapped endpoints in the slow-control DB."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        alert_keys: list[str] | None = None,
+        alert_key_parser_re: str | None = r"^[^.]+\.(?P<endpoint_name>.+)$",
+        alert_queue_name: str | None = None,
+        alert_queue_durable: bool = True,
+        alert_prefetch_count: int = 10000,
+        schema: str | None = None,
+        id_map_table: str = "endpoint_id_map",
+        data_tables: dict[str, str] | None = None,
+        metadata_table: str | None = "measurement_metadata",
+        batch_size: int = 2000,
+        flush_interval_s: float = 0.2,
+        id_map_refresh_s: float = 60.0,
+        id_map_min_refresh_s: float = 2.0,
+        retry_max_delay_s: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(
+            name,
+            alert_keys=alert_keys or ["sensor_value.#"],
+            alert_key_parser_re=alert_key_parser_re,
+            alert_queue_name=alert_queue_name,
+            alert_queue_durable=alert_queue_durable,
+            alert_prefetch_count=alert_prefetch_count,
+            **kwargs,
+        )
+        if batch_size < 1 or flush_interval_s <= 0:
+            raise ValueError("batch_size must be >= 1 and flush_interval_s > 0")
+        self.schema = schema
+        self.id_map_sql = qualified(schema, id_map_table)
+        self.data_tables = dict(DEFAULT_DATA_TABLES if data_tables is None else data_tables)
+        self._table_sql = {t: qualified(schema, n) for t, n in self.data_tables.items()}
+        for kind in self.data_tables:
+            identifier(kind, "endpoint type")
+        self.metadata_sql = qualified(schema, metadata_table) if metadata_table else None
+        self.batch_size = batch_size
+        # with fewer unacknowledged alerts than batch_size a batch could never fill up
+        self.flush_at = max(1, min(batch_size, alert_prefetch_count // 2))
+        if self.flush_at < batch_size:
+            log.info(
+                "%s: alert_prefetch_count %d limits batches to %d values",
+                name,
+                alert_prefetch_count,
+                self.flush_at,
+            )
+        self.flush_interval_s = float(flush_interval_s)
+        self.id_map_refresh_s = float(id_map_refresh_s)
+        self.id_map_min_refresh_s = float(id_map_min_refresh_s)
+        self.retry_max_delay_s = float(retry_max_delay_s)
+        # endpoint_name -> (endpoint_id, type)
+        self.endpoint_map: dict[str, tuple[int, str]] = {}
+        self._map_loaded_at = -math.inf
+        self._map_refresh: asyncio.Task[bool] | None = None
+        self._names: dict[str, str | None] = {}  # routing key -> endpoint name (parse cache)
+        self._batch: Batch | None = None
+        self._current: Batch | None = None  # the batch being written
+        self._wake = asyncio.Event()  # a new batch was started
+        self._full = asyncio.Event()  # the batch reached flush_at values
+        self._writer: asyncio.Task[None] | None = None
+        # what happened so far, for the status reply and the log
+        self.stored = 0
+        self.duplicates = 0
+        self.rejected = 0
+        self.dropped_unknown: Counter[str] = Counter()
+        self.dropped_malformed = 0
+        self._warned: set[str] = set()
+        self._malformed_seen: Counter[str] = Counter()
+
+    # ----------------------------------------------------------------- life cycle
+    async def on_start(self) -> None:
+        await super().on_start()
+        await self.refresh_endpoint_map()
+        self._writer = self.spawn(self._write_loop(), name="sql-writer")
+        if self.id_map_refresh_s > 0:
+            self.schedule(self._periodic_refresh, self.id_map_refresh_s)
+
+    async def stop(self) -> None:
+        """Write what is buffered before going (what cannot be written is redelivered later)."""
+        waiting = [b.done for b in (self._current, self._batch) if b is not None]
+        if self._writer is not None and waiting:
+            self._full.set()
+            await asyncio.wait(waiting, timeout=5.0)
+            await asyncio.sleep(0.05)  # let the alert callbacks send their acks
+        await super().stop()
+
+    # ----------------------------------------------------------------- endpoint_id_map
+    async def _periodic_refresh(self) -> None:
+        await self.refresh_endpoint_map()
+
+    async def refresh_endpoint_map(self) -> dict[str, Any]:
+        """Reload ``endpoint_id_map`` now (also a ``cmd`` on the service).  Returns a summary."""
+        ok = await self._refresh_once()
+        return {"loaded": ok, "endpoints": len(self.endpoint_map)}
+
+    async def _refresh_once(self) -> bool:
+        """One refresh at a time; concurrent callers share it."""
+        if self._map_refresh is None or self._map_refresh.done():
+            self._map_refresh = asyncio.ensure_future(self._load_map())
+        return await asyncio.shield(self._map_refresh)
+
+    async def _load_map(self) -> bool:
+        self._map_loaded_at = time.monotonic()
+        query = sql.SQL("SELECT endpoint_name, endpoint_id, type::text FROM {}").format(
+            self.id_map_sql
+        )
+        try:
+            async with self.db.connection() as conn:
+                cur = await conn.execute(query)
+                rows = await cur.fetchall()
+                await conn.rollback()
+        except Exception as exc:
+            log.warning("cannot read endpoint_id_map: %s", getattr(exc, "message", exc))
+            return False
+        new_map = {str(n): (int(i), str(t)) for n, i, t in rows}
+        added = sorted(set(new_map) - set(self.endpoint_map))
+        self.endpoint_map = new_map
+        for name in added:
+            if name in self._warned:
+                self._warned.discard(name)
+                log.info("endpoint %r is now in endpoint_id_map; storing its values", name)
+        log.debug("endpoint_id_map: %d endpoints", len(new_map))
+        return True
+
+    async def _lookup(self, name: str) -> tuple[int, str] | None:
+        """The (id, type) of ``name``; an unknown name triggers a (rate-limited) refresh."""
+        found = self.endpoint_map.get(name)
+        if found is not None:
+            return found
+        if time.monotonic() - self._map_loaded_at >= self.id_map_min_refresh_s:
+            await self._refresh_once()
+            found = self.endpoint_map.get(name)
+        return found
+
+    # ----------------------------------------------------------------- alerts
+    def _endpoint_name(self, routing_key: str) -> str | None:
+        try:
+            return self._names[routing_key]
+        except KeyError:
+            pass
+        data = self.parse_routing_key(routing_key)
+        name = None
+        if data is not None:
+            name = data.get("endpoint_name") or data.get("sensor_name") or None
+        if len(self._names) < 100_000:
+            self._names[routing_key] = name
+        return name
+
+    def _malformed(self, name: str, why: str) -> None:
+        """Count a dropped value; warn for the first of each endpoint and then every 1000th."""
+        self.dropped_malformed += 1
+        self._malformed_seen[name] += 1
+        seen = self._malformed_seen[name]
+        if seen == 1 or seen % 1000 == 0:
+            log.warning("dropped a value of %r (%d so far): %s", name, seen, why)
+
+    async def process_alert(self, msg: Message) -> None:
+        name = self._endpoint_name(msg.routing_key)
+        if not name:
+            self._malformed(msg.routing_key, "routing key does not name an endpoint")
+            return
+        entry = self.endpoint_map.get(name) or await self._lookup(name)
+        if entry is None:
+            self.dropped_unknown[name] += 1
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning(
+                    "endpoint %r is not in endpoint_id_map; its values are dropped (add it to %s)",
+                    name,
+                    SEED_HINT,
+                )
+            return
+        endpoint_id, kind = entry
+        if kind not in self.data_tables:
+            self.dropped_unknown[name] += 1
+            if name not in self._warned:
+                self._warned.add(name)
+                log.warning(
+                    "endpoint %r has type %r, which has no data table (%s); its values are dropped",
+                    name,
+                    kind,
+                    ", ".join(self.data_tables),
+                )
+            return
+        payload = msg.payload
+        if not isinstance(payload, Mapping):
+            self._malformed(name, f"payload is not an object: {payload!r:.80}")
+            return
+        try:
+            timestamp = parse_alert_time(msg.timestamp)
+        except (ValueError, TypeError):
+            self._malformed(name, f"bad timestamp header {msg.timestamp!r:.60}")
+            return
+        raw, cal = payload.get("value_raw"), payload.get("value_cal")
+        memo = payload.get("memo")
+        if kind == "numeric":
+            raw_v, cal_v = as_float(raw), as_float(cal)
+            if raw_v is None and raw is not None:
+                self._malformed(name, f"value_raw {raw!r:.60} is not a number")
+                return
+        elif kind == "json":
+            raw_v, cal_v = as_json(raw), as_json(cal)
+        else:
+            raw_v, cal_v = as_text(raw), as_text(cal)
+        if raw_v is None and cal_v is None and memo is None:
+            self._malformed(name, "payload has no value_raw, value_cal or memo")
+            return
+        row: Row = (endpoint_id, timestamp, raw_v, cal_v)
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = Batch(started=time.monotonic())
+            self._wake.set()
+        if memo is None:
+            rows = batch.rows.get(kind)
+            if rows is None:
+                rows = batch.rows[kind] = []
+            rows.append(row)
+        else:
+            batch.memos.append((kind, row, as_text(memo) or ""))
+        batch.size += 1
+        if batch.size >= self.flush_at:
+            self._full.set()
+        # acknowledged (by the caller) only once the batch is committed
+        await asyncio.shield(batch.done)
+
+    # ----------------------------------------------------------------- writing
+    async def _write_loop(self) -> None:
+        """Take the buffered batch when it is full or ``flush_interval_s`` old, and store it.
+
+        Alerts keep arriving into a new batch while one is being written, so the transaction
+        time overlaps with the AMQP traffic.
+        """
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch = self._batch
+            if batch is None:
+                continue
+            while batch.size < self.flush_at:
+                delay = batch.started + self.flush_interval_s - time.monotonic()
+                if delay <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._full.wait(), delay)
+                self._full.clear()
+            self._batch = None
+            self._current = batch
+            try:
+                await self._write_with_retry(batch)
+            except asyncio.CancelledError:
+                batch.done.cancel()
+                raise
+            finally:
+                self._current = None
+            batch.done.set_result(None)
+            if self._batch is not None:
+                self._wake.set()
+
+    async def _write_with_retry(self, batch: Batch) -> None:
+        delay = 0.2
+        while True:
+            try:
+                await self._write_batch(batch)
+                return
+            except CONNECTION_ERRORS as exc:
+                why = self.db.describe_error(exc)
+            except psycopg.Error as exc:  # not expected: write_batch handles bad rows itself
+                why = self.db.describe_error(exc)
+            except Exception as exc:  # ThrowReply from the connection helper
+                why = getattr(exc, "message", str(exc))
+            log.warning(
+                "could not store %d values (%s); retrying in %.1f s", batch.size, why, delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_delay_s)
+
+    async def _write_batch(self, batch: Batch) -> None:
+        """Store one batch in one transaction: COPY, or the conflict-tolerant path."""
+        async with self.db.connection() as conn:
+            try:
+                async with conn.transaction():
+                    await self._copy_rows(conn, batch)
+                    await self._insert_memos(conn, batch)
+                self.stored += batch.size
+                return
+            except psycopg.errors.UniqueViolation:
+                pass  # some values are stored already (redelivered): fall through
+            except psycopg.errors.DataError as exc:
+                log.warning("a batch was refused (%s); storing its values one by one", exc)
+                await self._store_one_by_one(conn, batch)
+                return
+            async with conn.transaction():
+                inserted = await self._insert_rows(conn, batch)
+                inserted += await self._insert_memos(conn, batch)
+            skipped = batch.size - inserted
+            self.stored += inserted
+            self.duplicates += skipped
+            log.info(
+                "%d of %d values were already stored (same endpoint and timestamp); skipped",
+                skipped,
+                batch.size,
+            )
+
+    def _columns(self) -> sql.Composable:
+        return sql.SQL(", ").join(
+            map(sql.Identifier, ("endpoint_id", "timestamp", "value_raw", "value_cal"))
+        )
+
+    async def _copy_rows(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+        async with conn.cursor() as cur:
+            for kind, rows in batch.rows.items():
+                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                    self._table_sql[kind], self._columns()
+                )
+                async with cur.copy(statement) as copy:
+                    for row in rows:
+                        await copy.write_row(row)
+
+    async def _insert_rows(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> int:
+        """``INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING``; returns rows inserted."""
+        inserted = 0
+        casts = {"numeric": "float8", "string": "text", "json": "jsonb"}
+        for kind, rows in batch.rows.items():
+            cast = sql.SQL(casts.get(kind, "text"))
+            statement = sql.SQL(
+                "INSERT INTO {table} ({cols}) SELECT * FROM unnest("
+                "%s::int4[], %s::timestamp[], %s::text[]::{c}[], %s::text[]::{c}[]) "
+                "ON CONFLICT DO NOTHING"
+            ).format(table=self._table_sql[kind], cols=self._columns(), c=cast)
+            ids, stamps, raws, cals = zip(*rows, strict=True)
+            text = (lambda v: None if v is None else str(v)) if kind == "numeric" else None
+            raw_list = [text(v) for v in raws] if text else list(raws)
+            cal_list = [text(v) for v in cals] if text else list(cals)
+            cur = await conn.execute(statement, (list(ids), list(stamps), raw_list, cal_list))
+            inserted += max(cur.rowcount, 0)
+        return inserted
+
+    async def _insert_memos(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> int:
+        """Values carrying a memo: the data row, then its ``measurement_metadata`` row."""
+        inserted = 0
+        for kind, row, memo in batch.memos:
+            statement = sql.SQL(
+                "INSERT INTO {} ({}) VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING "
+                "RETURNING meas_id"
+            ).format(self._table_sql[kind], self._columns())
+            cur = await conn.execute(statement, row)
+            found = await cur.fetchone()
+            if found is None:
+                continue
+            inserted += 1
+            if self.metadata_sql is not None:
+                await conn.execute(
+                    sql.SQL(
+                        'INSERT INTO {} (meas_id, endpoint_id, "timestamp", memo) '
+                        "VALUES (%s, %s, %s, %s)"
+                    ).format(self.metadata_sql),
+                    (found[0], row[0], row[1], memo),
+                )
+        return inserted
+
+    async def _store_one_by_one(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
+        """Slow path for a batch the database refused: keep every value it accepts."""
+        async with conn.transaction():
+            for kind, rows in batch.rows.items():
+                for row in rows:
+                    single = Batch(rows={kind: [row]}, size=1, done=batch.done)
+                    await self._store_single(conn, single)
+            for memo in batch.memos:
+                await self._store_single(conn, Batch(memos=[memo], size=1, done=batch.done))
+
+    async def _store_single(self, conn: psycopg.AsyncConnection[Any], single: Batch) -> None:
+        try:
+            async with conn.transaction():  # a savepoint
+                inserted = await self._insert_rows(conn, single)
+                inserted += await self._insert_memos(conn, single)
+            self.stored += inserted
+            self.duplicates += 1 - inserted
+        except psycopg.DataError as exc:
+            self.rejected += 1
+            log.warning("the database refused a value: %s", exc)
+
+    # ----------------------------------------------------------------- introspection
+    def status(self) -> dict[str, Any]:
+        batch = self._batch
+        return {
+            "stored": self.stored,
+            "duplicates_skipped": self.duplicates,
+            "rejected": self.rejected,
+            "dropped_unknown": dict(self.dropped_unknown),
+            "dropped_malformed": self.dropped_malformed,
+            "pending": (batch.size if batch else 0),
+            "mapped_endpoints": len(self.endpoint_map),
+        }
+
+    def on_get(self) -> dict[str, Any]:
+        """``dl-agent get not-sc_db`` → the status counters."""
+        return self.status()
+
+
+class SensorLoggerStatus(Endpoint):
+    """A child endpoint (``sc_db_status``) answering ``get`` with its logger's counters."""
+
+    def on_get(self) -> dict[str, Any]:
+        service = self.service
+        if not isinstance(service, SensorLogger):
+            return {"error": "not hosted by a SensorLogger"}
+        return service.status()
