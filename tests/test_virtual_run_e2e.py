@@ -45,6 +45,7 @@ SERVICES = [
 # Long enough for a few dl-agent processes (~1 s each on the lab's 2 cores) to set values while
 # the run is going; the run is ended by the DAQ's own timer.
 RUN_SECONDS = 12
+FIRST = "not-sc_db"
 
 pytestmark = pytest.mark.slow
 
@@ -152,6 +153,7 @@ def lab(rabbitmq_server: Any, vhost: str, lab_database: str, tmp_path: Path) -> 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("INSECTARIUM_DATA_DIR", None)
     try:
+        started: list[str] = []
         for name, config, needs_db in SERVICES:
             overrides = [f"dripline_mesh.vhost={vhost}"]
             if needs_db:
@@ -171,14 +173,10 @@ def lab(rabbitmq_server: Any, vhost: str, lab_database: str, tmp_path: Path) -> 
                 lab.procs[name] = subprocess.Popen(
                     argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
                 )
-
-            def answers(name: str = name) -> bool:
-                proc = lab.procs[name]
-                if proc.poll() is not None:
-                    pytest.fail(f"{name} exited with {proc.returncode}\n{lab.diagnostics()}")
-                return lab.agent("-t", "1", "cmd", name, "-s", "ping").returncode == 0
-
-            wait_for(answers, 60, f"{name} answering ping", lab)
+            started.append(name)
+            if name == FIRST:  # the logger's durable queue must exist before values flow
+                wait_until_answering(lab, [name])
+        wait_until_answering(lab, [n for n in started if n != FIRST])
         yield lab
     finally:
         for proc in reversed(list(lab.procs.values())):
@@ -190,6 +188,22 @@ def lab(rabbitmq_server: Any, vhost: str, lab_database: str, tmp_path: Path) -> 
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(5)
+
+
+def wait_until_answering(lab: Lab, names: list[str]) -> None:
+    """Until every named service answers ``ping`` (a service that exits fails the test)."""
+    pending = list(names)
+
+    def all_answer() -> bool:
+        for name in list(pending):
+            proc = lab.procs[name]
+            if proc.poll() is not None:
+                pytest.fail(f"{name} exited with {proc.returncode}\n{lab.diagnostics()}")
+            if lab.agent("-t", "1", "cmd", name, "-s", "ping").returncode == 0:
+                pending.remove(name)
+        return not pending
+
+    wait_for(all_answer, 90, f"{', '.join(names)} answering ping", lab)
 
 
 def query(dsn: str, sql: str, *params: Any) -> list[tuple[Any, ...]]:
