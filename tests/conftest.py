@@ -1,8 +1,3 @@
-import importlib.util
-
-pytest_plugins = ["tests.runtime_support"]
-try:
-    if importlib.util.find_spec("insectarium.testing.pytest_plugin") is not None:
-        pytest_plugins.append("insectarium.testing.pytest_plugin")
-except ModuleNotFoundError:
-    pass
+# Fixtures: real, private RabbitMQ and PostgreSQL servers started for the session
+# (insectarium.testing), and the runtime helpers (tests/runtime_support.py).
+pytest_plugins = ["insectarium.testing.pytest_plugin", "tests.runtime_support"]
