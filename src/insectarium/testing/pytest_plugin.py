@@ -50,7 +50,10 @@ def postgres_server() -> Iterator[PostgresServer | ExternalPostgres]:
     try:
         server = PostgresServer()
     except ServerError as exc:
-        pytest.skip(f"no private PostgreSQL: {exc} (or set {PG_ENV})")
+        # a missing server must fail the run, not skip it: these tests exist to use real ones
+        pytest.fail(
+            f"cannot start a private PostgreSQL: {exc} (run ./lab bootstrap, or set {PG_ENV})"
+        )
     with server:
         yield server
 
@@ -63,7 +66,9 @@ def rabbitmq_server() -> Iterator[RabbitMQServer | ExternalRabbitMQ]:
     try:
         server = RabbitMQServer()
     except ServerError as exc:
-        pytest.skip(f"no private RabbitMQ: {exc} (or set {AMQP_ENV})")
+        pytest.fail(
+            f"cannot start a private RabbitMQ: {exc} (run ./lab bootstrap, or set {AMQP_ENV})"
+        )
     with server:
         yield server
 
