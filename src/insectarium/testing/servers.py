@@ -26,9 +26,11 @@ RabbitMQ (``RabbitMQServer``)
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import hashlib
+import json
 import os
 import re
 import secrets
@@ -111,6 +113,65 @@ def _wait_port(port: int, timeout_s: float, proc: subprocess.Popen[Any] | None =
     return False
 
 
+# --------------------------------------------------------------------------- stale servers
+# Each server directory holds owner.json: the creating process (pid + start time) and what to
+# kill.  A later launcher reaps the servers of owners that died without tearing down (killed
+# test runs): see reap_stale_servers().
+_PREFIXES = ("insectarium-pg-", "insectarium-mq-")
+
+
+def _proc_start(pid: int) -> str | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def _proc_mentions(pid: int, needle: str) -> bool:
+    """Whether a process's command line or environment contains ``needle``."""
+    for part in ("cmdline", "environ"):
+        with contextlib.suppress(OSError):
+            if needle.encode() in Path(f"/proc/{pid}/{part}").read_bytes():
+                return True
+    return False
+
+
+def reap_stale_servers(base_dir: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Stop servers whose creating process is gone; remove their directories.
+
+    Only directories named ``insectarium-pg-*`` / ``insectarium-mq-*`` with an ``owner.json``
+    are considered, and only processes that still refer to that directory (or the recorded
+    private epmd port) are signalled.  Returns the directories reaped.
+    """
+    base = Path(base_dir or tempfile.gettempdir())
+    reaped: list[Path] = []
+    for d in sorted(base.glob("insectarium-[pm][gq]-*")):
+        if not d.name.startswith(_PREFIXES):
+            continue
+        try:
+            info = json.loads((d / "owner.json").read_text())
+            owner, started = int(info["pid"]), str(info["start"])
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if _proc_start(owner) == started:
+            continue  # the owner is alive
+        with contextlib.suppress(OSError, ValueError, ProcessLookupError, PermissionError):
+            pid = int((d / "data" / "postmaster.pid").read_text().splitlines()[0])
+            if _proc_mentions(pid, str(d)):
+                os.kill(pid, signal.SIGQUIT)
+        for pgid in info.get("pgids", []):
+            with contextlib.suppress(ProcessLookupError, PermissionError, TypeError, ValueError):
+                if _proc_mentions(int(pgid), str(d)) or _proc_mentions(
+                    int(pgid), f"-port\0{info.get('epmd_port')}\0"
+                ):
+                    os.killpg(int(pgid), signal.SIGKILL)
+        if not info.get("keep"):
+            shutil.rmtree(d, ignore_errors=True)
+        reaped.append(d)
+    return reaped
+
+
 class _Server:
     def __init__(self, *, keep: bool = False, base_dir: str | os.PathLike[str] | None = None):
         self.keep = keep
@@ -120,15 +181,35 @@ class _Server:
 
     def _make_workdir(self, prefix: str) -> Path:
         if self.workdir is None:
+            with contextlib.suppress(Exception):
+                reap_stale_servers(self._base_dir)
             self.workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=self._base_dir))
             self.workdir.chmod(0o755)
+            self._write_owner()
         return self.workdir
+
+    def _write_owner(self, **extra: Any) -> None:
+        """Record this process as the owner (see :func:`reap_stale_servers`)."""
+        if self.workdir is None:
+            return
+        info = {"pid": os.getpid(), "start": _proc_start(os.getpid()), "keep": self.keep, **extra}
+        (self.workdir / "owner.json").write_text(json.dumps(info), encoding="utf-8")
 
     def start(self) -> Self:
         raise NotImplementedError
 
     def stop(self) -> None:
         raise NotImplementedError
+
+    def _stop_at_exit(self) -> None:
+        """Stop (not remove) the server when the interpreter exits without ``close()``."""
+        if not getattr(self, "_atexit_registered", False):
+            atexit.register(self._atexit_stop)
+            self._atexit_registered = True
+
+    def _atexit_stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
     def close(self) -> None:
         """Stop the server and remove its directory (unless ``keep``)."""
@@ -299,6 +380,7 @@ class PostgresServer(_Server):
             "start",
         )
         self._running = True
+        self._stop_at_exit()
         self.startup_s = time.monotonic() - t0
         return self
 
@@ -563,6 +645,7 @@ class RabbitMQServer(_Server):
             return self
         t0 = time.monotonic()
         self._prepare()
+        self._stop_at_exit()
         assert self.workdir is not None
         self._start_epmd()
         out = (self.workdir / "log" / "stdout.log").open("ab")
@@ -578,6 +661,8 @@ class RabbitMQServer(_Server):
             )
         finally:
             out.close()
+        assert self._epmd is not None
+        self._write_owner(pgids=[self._proc.pid, self._epmd.pid], epmd_port=self.epmd_port)
         ok = self._wait_amqp(self.start_timeout_s)
         if not ok:
             detail = _tail(self.logfile) + "\n" + _tail(self.workdir / "log" / "stdout.log")
