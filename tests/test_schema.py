@@ -18,7 +18,15 @@ def conn(lab_database: str):
         yield c
 
 
-def test_seed_registers_the_lab_endpoints(conn: psycopg.Connection) -> None:
+@pytest.fixture
+def shared_conn(lab_database_module: str):
+    """A connection to the module's shared lab database: read-only tests only."""
+    with psycopg.connect(lab_database_module, autocommit=True) as c:
+        yield c
+
+
+def test_seed_registers_the_lab_endpoints(shared_conn: psycopg.Connection) -> None:
+    conn = shared_conn
     rows = dict(conn.execute("SELECT endpoint_name, type::text FROM endpoint_id_map").fetchall())
     assert rows == {
         "peaches": "numeric",
@@ -30,7 +38,8 @@ def test_seed_registers_the_lab_endpoints(conn: psycopg.Connection) -> None:
     assert "donuts" not in rows
 
 
-def test_enum_and_column_types(conn: psycopg.Connection) -> None:
+def test_enum_and_column_types(shared_conn: psycopg.Connection) -> None:
+    conn = shared_conn
     labels = conn.execute("SELECT enum_range(NULL::endpoint_data_type)::text[]").fetchone()[0]
     assert labels == ["numeric", "string", "json"]
     cols = dict(
@@ -290,7 +299,8 @@ def _fill(conn: psycopg.Connection, n: int = 600) -> None:
     conn.execute("ANALYZE endpoint_numeric_data")
 
 
-def test_snapshot_index_exists(conn: psycopg.Connection) -> None:
+def test_snapshot_index_exists(shared_conn: psycopg.Connection) -> None:
+    conn = shared_conn
     indexes = conn.execute(
         "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = %s",
         ("endpoint_numeric_data",),

@@ -15,6 +15,8 @@ Session-scoped
 Function-scoped
     ``lab_database``     DSN of a fresh database with all migrations + seed applied.
     ``empty_database``   DSN of a fresh, empty database.
+Module-scoped
+    ``lab_database_module``  like ``lab_database``, shared by the tests of one module.
 
 Fresh lab databases are cloned from a template migrated once per session, so each costs a
 ``CREATE DATABASE … TEMPLATE`` (tens of ms), not a migration run.
@@ -181,5 +183,16 @@ def empty_database(
 ) -> Iterator[str]:
     """DSN of a fresh, empty database (for migration tests)."""
     dsn = lab_database_factory(schema=False)
+    yield dsn
+    postgres_server.drop_database(_dbname(dsn))
+
+
+@pytest.fixture(scope="module")
+def lab_database_module(
+    postgres_server: PostgresServer | ExternalPostgres,
+    lab_database_factory: Callable[..., str],
+) -> Iterator[str]:
+    """DSN of a fresh lab database (migrations + seed) shared by one test module."""
+    dsn = lab_database_factory()
     yield dsn
     postgres_server.drop_database(_dbname(dsn))
