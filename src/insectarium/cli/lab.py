@@ -1,0 +1,333 @@
+"""``insectarium``: look at the lab's runs and database from a shell.
+
+* ``insectarium runs [--last N]`` — recent runs (id, name, start, end, duration);
+* ``insectarium run RUN_ID`` — one run: its row, the files of its run directory and how many
+  values each endpoint logged during the run;
+* ``insectarium db migrate [--seed]`` — apply the SQL migrations (``insectarium.db.migrations``).
+
+It reads the database directly (no broker needed), so it still works when the services are down.
+Connection: ``--dsn``, or ``--host/--port/--dbname`` with the user and password of the auth file
+group ``postgres`` (``--auth-file``) or ``POSTGRES_USER``/``POSTGRES_PASSWORD``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import psycopg
+    from rich.console import Console
+
+DATA_DIR_ENV = "INSECTARIUM_DATA_DIR"
+DEFAULT_DATA_DIR = "/var/lib/insectarium/data"
+DATA_TABLES = ("endpoint_numeric_data", "endpoint_string_data", "endpoint_json_data")
+
+
+# --------------------------------------------------------------------------- arguments
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="insectarium",
+        description="Inspect the insectarium lab: runs, their files and logged values; "
+        "apply database migrations.",
+    )
+    db = parser.add_argument_group("database connection")
+    db.add_argument(
+        "--dsn",
+        default=os.environ.get("INSECTARIUM_PG_DSN"),
+        help="libpq conninfo or postgresql:// URL (default $INSECTARIUM_PG_DSN); "
+        "overrides --host/--port/--dbname",
+    )
+    db.add_argument(
+        "--host",
+        default=os.environ.get("PGHOST", "localhost"),
+        help="database server (default $PGHOST or localhost)",
+    )
+    db.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PGPORT", "5432")),
+        help="database port (default $PGPORT or 5432)",
+    )
+    db.add_argument(
+        "--dbname",
+        default=os.environ.get("PGDATABASE", "sc_db"),
+        help="database name (default $PGDATABASE or sc_db)",
+    )
+    db.add_argument(
+        "--auth-file",
+        default=None,
+        help="YAML/JSON auth file; its 'postgres' group gives user and password "
+        "(env POSTGRES_USER / POSTGRES_PASSWORD override it)",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    runs = sub.add_parser("runs", help="list recent runs", description="List the newest runs.")
+    runs.add_argument(
+        "--last", type=int, default=20, metavar="N", help="how many runs (default 20)"
+    )
+
+    run = sub.add_parser(
+        "run",
+        help="show one run: row, files, logged values",
+        description="Show a run's row, the files of its run directory and how "
+        "many values each endpoint logged between its start and end (or now).",
+    )
+    run.add_argument("run_id", type=int, metavar="RUN_ID")
+    run.add_argument(
+        "--data-dir",
+        default=os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR),
+        help=f"data directory of the DAQ (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
+    )
+
+    dbcmd = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
+    dbsub = dbcmd.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
+    migrate = dbsub.add_parser(
+        "migrate",
+        help="apply pending SQL migrations",
+        description="Apply pending migrations (files/sql/NNN_*.sql).",
+    )
+    migrate.add_argument(
+        "--seed", action="store_true", help="also apply the seed (the lab's endpoints)"
+    )
+    migrate.add_argument(
+        "--sql-dir",
+        default=None,
+        help="migrations directory (default $INSECTARIUM_SQL_DIR or files/sql)",
+    )
+    return parser
+
+
+# --------------------------------------------------------------------------- connection
+def conninfo(args: argparse.Namespace) -> str:
+    """The DSN to use; credentials from the auth file / environment unless the DSN has them."""
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    from insectarium.dripline.config import Authentication
+
+    params: dict[str, Any] = (
+        dict(conninfo_to_dict(args.dsn))
+        if args.dsn
+        else {"host": args.host, "port": args.port, "dbname": args.dbname}
+    )
+    if "user" not in params or "password" not in params:
+        creds = Authentication.load(args.auth_file).postgres
+        params.setdefault("user", creds.username)
+        params.setdefault("password", creds.password)
+    params.setdefault("connect_timeout", 5)
+    return make_conninfo(**params)
+
+
+def connect(args: argparse.Namespace) -> psycopg.Connection[Any]:
+    import psycopg
+
+    return psycopg.connect(conninfo(args), autocommit=True, options="-c timezone=UTC")
+
+
+# --------------------------------------------------------------------------- formatting
+def fmt_time(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    return str(value)
+
+
+def fmt_duration(start: Any, end: Any) -> str:
+    if not isinstance(start, dt.datetime):
+        return "-"
+    if isinstance(end, dt.datetime):
+        seconds = (end - start).total_seconds()
+        return f"{seconds:.1f} s"
+    return "running?"
+
+
+def run_directory(data_dir: str | os.PathLike[str], run_id: int) -> Path:
+    """``<dir>/<R//10**6:03d>yyyxxx/<R//10**3:06d>xxx/<R:09d>/`` (the DAQ's layout)."""
+    return (
+        Path(data_dir)
+        / f"{run_id // 10**6:03d}yyyxxx"
+        / f"{run_id // 10**3:06d}xxx"
+        / f"{run_id:09d}"
+    )
+
+
+def _console() -> Console:
+    from rich.console import Console
+
+    return Console(highlight=False, soft_wrap=False, width=max(100, _terminal_width()))
+
+
+def _terminal_width() -> int:
+    try:
+        return os.get_terminal_size().columns
+    except OSError:
+        return 120
+
+
+def _fetch_runs(conn: psycopg.Connection[Any], last: int) -> list[dict[str, Any]]:
+    from psycopg.rows import dict_row
+
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT * FROM runs.run_table ORDER BY run_id DESC LIMIT %s", (last,))
+        return cur.fetchall()
+
+
+# --------------------------------------------------------------------------- commands
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    if args.last < 1:
+        console.print("[red]--last must be at least 1[/red]")
+        return 2
+    with connect(args) as conn:
+        rows = _fetch_runs(conn, args.last)
+    table = Table(title=f"runs (newest {args.last})")
+    for column in ("run_id", "name", "start (UTC)", "end (UTC)", "duration"):
+        table.add_column(column, justify="right" if column == "run_id" else "left")
+    for row in rows:
+        end = row.get("end_timestamp")
+        table.add_row(
+            str(row["run_id"]),
+            str(row.get("run_name", "")),
+            fmt_time(row.get("start_timestamp")),
+            fmt_time(end),
+            fmt_duration(row.get("start_timestamp"), end),
+        )
+    if not rows:
+        console.print("no runs yet")
+        return 0
+    console.print(table)
+    return 0
+
+
+def _value_counts(
+    conn: psycopg.Connection[Any], start: dt.datetime, end: dt.datetime
+) -> list[tuple[str, str, int, Any, Any]]:
+    """(endpoint, type, count, first, last) of the values logged in [start, end]."""
+    from psycopg import sql
+
+    parts = sql.SQL(" UNION ALL ").join(
+        sql.SQL(
+            'SELECT endpoint_id, "timestamp" FROM {} '
+            'WHERE "timestamp" BETWEEN %(start)s AND %(end)s'
+        ).format(sql.Identifier("public", table))
+        for table in DATA_TABLES
+    )
+    query = sql.SQL(
+        "SELECT m.endpoint_name, m.type::text, count(*), min(d.timestamp), max(d.timestamp) "
+        "FROM ({}) AS d JOIN public.endpoint_id_map AS m USING (endpoint_id) "
+        "GROUP BY m.endpoint_name, m.type ORDER BY m.endpoint_name"
+    ).format(parts)
+    return conn.execute(query, {"start": start, "end": end}).fetchall()
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from psycopg.rows import dict_row
+    from rich.table import Table
+
+    with connect(args) as conn:
+        with conn.cursor(row_factory=dict_row) as cur:
+            cur.execute("SELECT * FROM runs.run_table WHERE run_id = %s", (args.run_id,))
+            row = cur.fetchone()
+        if row is None:
+            console.print(f"[red]there is no run {args.run_id}[/red]")
+            return 1
+        start = row.get("start_timestamp")
+        end = row.get("end_timestamp")
+        window_end = end or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+        counts = _value_counts(conn, start, window_end) if start else []
+
+    info = Table(title=f"run {args.run_id}", show_header=False)
+    info.add_column("column", style="bold")
+    info.add_column("value")
+    for key, value in row.items():
+        info.add_row(str(key), fmt_time(value) if isinstance(value, dt.datetime) else str(value))
+    info.add_row("duration", fmt_duration(start, end))
+    console.print(info)
+
+    directory = run_directory(args.data_dir, args.run_id)
+    files = Table(title=f"files in {directory}")
+    files.add_column("file")
+    files.add_column("bytes", justify="right")
+    files.add_column("modified (UTC)")
+    entries = sorted(p for p in directory.iterdir() if p.is_file()) if directory.is_dir() else []
+    for path in entries:
+        stat = path.stat()
+        modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
+        files.add_row(path.name, str(stat.st_size), fmt_time(modified))
+    if entries:
+        console.print(files)
+    else:
+        console.print(f"no files in {directory}")
+
+    label = f"{fmt_time(start)} .. {fmt_time(end) if end else 'now'}"
+    values = Table(title=f"values logged during the run ({label} UTC)")
+    for column in ("endpoint", "type", "values", "first", "last"):
+        values.add_column(column, justify="right" if column == "values" else "left")
+    for name, kind, count, first, last in counts:
+        values.add_row(name, kind, str(count), fmt_time(first), fmt_time(last))
+    if counts:
+        console.print(values)
+    else:
+        console.print(f"no values logged during the run ({label} UTC)")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, console: Console) -> int:
+    from insectarium.db import migrations  # lazy: only this command needs it
+
+    applied = migrations.migrate(conninfo(args), args.sql_dir, seed=args.seed)
+    if applied:
+        console.print("applied: " + ", ".join(m.filename for m in applied))
+    else:
+        console.print("database is up to date")
+    if args.seed:
+        console.print("seed applied")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = _console()
+    commands = {"runs": cmd_runs, "run": cmd_run, "db": cmd_db}
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        print("error: psycopg is not installed", file=sys.stderr)
+        return 2
+    try:
+        return commands[args.command](args, console)
+    except psycopg.OperationalError as exc:
+        print(f"error: cannot reach the database: {_scrub(exc, args)}", file=sys.stderr)
+        return 2
+    except psycopg.Error as exc:
+        print(f"error: database: {_scrub(exc, args)}", file=sys.stderr)
+        return 2
+    except Exception as exc:
+        if type(exc).__name__ in ("MigrationError", "ChecksumMismatch"):
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+def _scrub(exc: BaseException, args: argparse.Namespace) -> str:
+    """The error text without any password we might have used."""
+    text = str(exc).strip().replace("\n", " ")
+    try:
+        from psycopg.conninfo import conninfo_to_dict
+
+        password = str(conninfo_to_dict(conninfo(args)).get("password") or "")
+    except Exception:
+        password = ""
+    if len(password) >= 3:
+        text = text.replace(password, "***")
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

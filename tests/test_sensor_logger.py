@@ -1,0 +1,256 @@
+"""not-sc_db (SensorLogger) against a real broker and a fresh lab database per test.
+
+Endpoint names are unique per test (registered in endpoint_id_map by the test) so stray
+``sensor_value.*`` alerts of other tests cannot change what is asserted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from insectarium.dripline import Authentication, Message
+from insectarium.dripline.connection import Connection
+from insectarium.services.sensor_logger import SensorLogger
+
+from .runtime_support import auth_for, eventually, mesh_for, running, unique
+
+
+def db_auth(dsn: str, amqp_url: str) -> tuple[Authentication, dict[str, Any]]:
+    """Credentials (dripline + postgres groups) and the service-level database keys."""
+    info = conninfo_to_dict(dsn)
+    auth = auth_for(amqp_url)
+    auth.groups["postgres"] = {
+        "username": info.get("user") or "postgres",
+        "password": info.get("password") or "postgres",
+    }
+    keys = {
+        "database_server": info.get("host") or "localhost",
+        "database_port": int(info.get("port") or 5432),
+        "database_name": info["dbname"],
+    }
+    return auth, keys
+
+
+def register(dsn: str, **types: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name, kind in types.items():
+            conn.execute(
+                "INSERT INTO endpoint_id_map (endpoint_name, type) VALUES (%s, %s)", (name, kind)
+            )
+
+
+def rows(dsn: str, table: str, name: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return conn.execute(
+            f'SELECT d.value_raw, d.value_cal, d."timestamp" FROM {table} d '
+            "JOIN endpoint_id_map m USING (endpoint_id) WHERE m.endpoint_name = %s "
+            'ORDER BY d."timestamp"',
+            (name,),
+        ).fetchall()
+
+
+def make_logger(dsn: str, amqp_url: str, **kw: Any) -> SensorLogger:
+    auth, keys = db_auth(dsn, amqp_url)
+    return SensorLogger(
+        unique("sc_db"),
+        dripline_mesh=mesh_for(amqp_url),
+        authentication=auth,
+        heartbeat_interval_s=0,
+        alert_queue_durable=kw.pop("alert_queue_durable", False),
+        **keys,
+        **kw,
+    )
+
+
+@pytest.fixture
+async def publisher(amqp_url: str) -> Any:
+    conn = Connection(mesh_for(amqp_url), auth_for(amqp_url).dripline, name="test-publisher")
+    await conn.connect()
+
+    async def publish(name: str, payload: Any, timestamp: str | None = None) -> None:
+        msg = Message.alert(f"sensor_value.{name}", payload, sender="test")
+        if timestamp is not None:
+            msg.timestamp = timestamp
+        await conn.publish(msg)
+
+    yield publish
+    await conn.close()
+
+
+async def test_stores_mapped_values_by_type_and_drops_unmapped_once(
+    lab_database: str, amqp_url: str, publisher: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    tag = uuid.uuid4().hex[:6]
+    num, text, blob, donuts = f"num_{tag}", f"text_{tag}", f"blob_{tag}", f"donuts_{tag}"
+    register(lab_database, **{num: "numeric", text: "string", blob: "json"})
+    caplog.set_level(logging.INFO, logger="insectarium.services.sensor_logger")
+    logger = make_logger(lab_database, amqp_url)
+    async with running(logger):
+        await publisher(num, {"value_raw": 1.5, "value_cal": 3.0}, "2026-01-02T03:04:05.000001Z")
+        await publisher(num, {"value_raw": "2", "value_cal": None}, "2026-01-02T03:04:06.000000Z")
+        await publisher(text, {"value_raw": "gouda"}, "2026-01-02T03:04:05.000001Z")
+        await publisher(
+            blob, {"value_raw": {"eggs": 2}, "value_cal": [1, 2]}, "2026-01-02T03:04:05.5Z"
+        )
+        for i in range(5):
+            await publisher(donuts, {"value_raw": i})
+        await eventually(lambda: logger.stored >= 4 and logger.dropped_unknown[donuts] == 5)
+        status = logger.status()
+    assert rows(lab_database, "endpoint_numeric_data", num) == [
+        (1.5, 3.0, dt.datetime(2026, 1, 2, 3, 4, 5, 1)),
+        (2.0, None, dt.datetime(2026, 1, 2, 3, 4, 6)),
+    ]
+    assert [r[:2] for r in rows(lab_database, "endpoint_string_data", text)] == [("gouda", None)]
+    assert [r[:2] for r in rows(lab_database, "endpoint_json_data", blob)] == [
+        ({"eggs": 2}, [1, 2])
+    ]
+    lines = [r.getMessage() for r in caplog.records if donuts in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "not in endpoint_id_map" in lines[0] and "50_lab_endpoints.sql" in lines[0]
+    assert status["dropped_unknown"] == {donuts: 5}
+    assert status["stored"] == 4
+
+
+async def test_endpoint_added_later_is_stored_after_refresh(
+    lab_database: str, amqp_url: str, publisher: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    late = f"late_{uuid.uuid4().hex[:6]}"
+    caplog.set_level(logging.INFO, logger="insectarium.services.sensor_logger")
+    logger = make_logger(lab_database, amqp_url)
+    async with running(logger):
+        await publisher(late, {"value_raw": 1})
+        await eventually(lambda: logger.dropped_unknown[late] == 1)
+        register(lab_database, **{late: "numeric"})
+        assert (await logger.refresh_endpoint_map())["loaded"] is True
+        await publisher(late, {"value_raw": 2})
+        await eventually(lambda: logger.stored == 1)
+    assert [r[0] for r in rows(lab_database, "endpoint_numeric_data", late)] == [2.0]
+    assert any("now in endpoint_id_map" in r.getMessage() for r in caplog.records)
+
+
+async def test_durable_queue_keeps_values_sent_while_stopped(
+    lab_database: str, amqp_url: str, publisher: Any
+) -> None:
+    name = f"kept_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    queue = unique("sc_db_alerts")
+    first = make_logger(lab_database, amqp_url, alert_queue_name=queue, alert_queue_durable=True)
+    async with running(first):
+        pass  # declares and binds the durable queue
+    try:
+        for i in range(50):
+            await publisher(name, {"value_raw": i}, f"2026-01-02T03:04:{i:02d}.000000Z")
+        second = make_logger(
+            lab_database, amqp_url, alert_queue_name=queue, alert_queue_durable=True
+        )
+        async with running(second):
+            await eventually(lambda: second.stored == 50)
+        assert [r[0] for r in rows(lab_database, "endpoint_numeric_data", name)] == [
+            float(i) for i in range(50)
+        ]
+    finally:
+        conn = Connection(mesh_for(amqp_url), auth_for(amqp_url).dripline, name="cleanup")
+        await conn.connect()
+        assert conn.channel is not None
+        await conn.channel.queue_delete(queue)
+        await conn.close()
+
+
+async def test_malformed_alerts_are_dropped_and_the_logger_keeps_going(
+    lab_database: str, amqp_url: str, publisher: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    name = f"bad_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    caplog.set_level(logging.WARNING, logger="insectarium.services.sensor_logger")
+    logger = make_logger(lab_database, amqp_url)
+    async with running(logger):
+        await publisher(name, {"value_raw": 1}, "yesterday at noon")
+        await publisher(name, "just a string", "2026-01-02T03:04:05.000000Z")
+        await publisher(name, {"value_raw": "not a number"}, "2026-01-02T03:04:06.000000Z")
+        await publisher(name, {"nothing": "useful"}, "2026-01-02T03:04:07.000000Z")
+        await publisher(name, {"value_raw": 42}, "2026-01-02T03:04:08.000000Z")
+        await eventually(lambda: logger.stored == 1)
+        assert logger.dropped_malformed == 4
+    assert [r[0] for r in rows(lab_database, "endpoint_numeric_data", name)] == [42.0]
+    assert any("bad timestamp" in r.getMessage() for r in caplog.records)
+
+
+async def test_duplicates_do_not_poison_the_batch(
+    lab_database: str, amqp_url: str, publisher: Any
+) -> None:
+    name = f"dup_{uuid.uuid4().hex[:6]}"
+    other = f"other_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric", other: "string"})
+    stamp = "2026-01-02T03:04:05.000000Z"
+    logger = make_logger(lab_database, amqp_url, flush_interval_s=0.5)
+    async with running(logger):
+        await publisher(name, {"value_raw": 1}, stamp)
+        await publisher(name, {"value_raw": 2}, stamp)  # same endpoint and timestamp
+        await publisher(other, {"value_raw": "kept"}, stamp)
+        await eventually(lambda: logger.stored + logger.duplicates == 3)
+        assert (logger.stored, logger.duplicates) == (2, 1)
+    assert [r[0] for r in rows(lab_database, "endpoint_numeric_data", name)] == [1.0]
+    assert [r[0] for r in rows(lab_database, "endpoint_string_data", other)] == ["kept"]
+
+
+async def test_memo_goes_to_measurement_metadata(
+    lab_database: str, amqp_url: str, publisher: Any
+) -> None:
+    name = f"memo_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    logger = make_logger(lab_database, amqp_url)
+    async with running(logger):
+        await publisher(name, {"value_raw": 7, "memo": "calibrated today"})
+        await eventually(lambda: logger.stored == 1)
+    with psycopg.connect(lab_database, autocommit=True) as conn:
+        found = conn.execute(
+            "SELECT value_raw, memo FROM numeric_data WHERE endpoint_name = %s", (name,)
+        ).fetchall()
+    assert found == [(7.0, "calibrated today")]
+
+
+async def test_lost_database_connection_is_reopened_without_losing_values(
+    lab_database: str, amqp_url: str, publisher: Any
+) -> None:
+    name = f"outage_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    logger = make_logger(lab_database, amqp_url)
+    async with running(logger):
+        await publisher(name, {"value_raw": 1}, "2026-01-02T03:04:05.000000Z")
+        await eventually(lambda: logger.stored == 1)
+        # what a database restart does to the logger's sessions
+        with psycopg.connect(lab_database, autocommit=True) as conn:
+            killed = conn.execute(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE application_name = %s",
+                (logger.name,),
+            ).fetchone()
+        assert killed is not None and killed[0] >= 1
+        for i in range(2, 12):
+            await publisher(name, {"value_raw": i}, f"2026-01-02T03:04:{i + 5:02d}.000000Z")
+        await eventually(lambda: logger.stored == 11)
+    assert len(rows(lab_database, "endpoint_numeric_data", name)) == 11
+
+
+async def test_status_endpoint_and_service_get(
+    lab_database: str, amqp_url: str, client: Any
+) -> None:
+    from insectarium.services.sensor_logger import SensorLoggerStatus
+
+    logger = make_logger(lab_database, amqp_url)
+    status_name = unique("sc_db_status")
+    logger.add_endpoint(SensorLoggerStatus(status_name))
+    async with running(logger):
+        via_child = await client.get(status_name)
+        via_service = await client.get(logger.name)
+        refreshed = await client.cmd(logger.name, "refresh_endpoint_map")
+    assert via_child["stored"] == 0 and via_child["pending"] == 0
+    assert via_service["mapped_endpoints"] >= 5  # the seed
+    assert refreshed["loaded"] is True
