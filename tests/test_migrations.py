@@ -191,3 +191,9 @@ def test_cli_migrate_and_status(empty_database: str) -> None:
     assert st.returncode == 0 and "applied  004_runs.sql" in st.stdout
     bad = run("migrate", "--dsn", empty_database, "--sql-dir", "/nonexistent/sql")
     assert bad.returncode == 1 and "error:" in bad.stderr
+
+
+def test_status_is_read_only(empty_database: str) -> None:
+    assert {s for _, s in migrations.status(empty_database, SQL_DIR)} == {"pending"}
+    with psycopg.connect(empty_database) as conn:
+        assert conn.execute("SELECT to_regclass('public.schema_migrations')").fetchone() == (None,)

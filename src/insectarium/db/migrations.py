@@ -174,11 +174,12 @@ def _check(migrations: list[Migration], applied: dict[str, tuple[str, str]]) -> 
 def status(
     conn: psycopg.Connection[Any] | str, directory: str | os.PathLike[str] | None = None
 ) -> list[tuple[Migration, str]]:
-    """Each migration with ``"applied"``, ``"pending"`` or ``"changed"``."""
+    """Each migration with ``"applied"``, ``"pending"`` or ``"changed"`` (read-only)."""
     migrations = discover(directory)
     with _connection(conn) as c:
-        _ensure_table(c)
-        applied = _applied(c)
+        with c.transaction():
+            exists = c.execute("SELECT to_regclass('public.schema_migrations')").fetchone()
+        applied = _applied(c) if exists and exists[0] else {}
     result = []
     for m in migrations:
         if m.version not in applied:
