@@ -164,10 +164,18 @@ def test_migrations_run_as_a_non_superuser_owner(postgres_server, empty_database
     with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
         admin.execute(f'ALTER DATABASE "{dbname}" OWNER TO "{owner}"')
     dsn = owner_dsn.replace("dbname=postgres", f"dbname={dbname}")
-    assert migrations.migrate(dsn, SQL_DIR, seed=True)
-    with psycopg.connect(dsn) as conn:
-        assert conn.execute("SHOW timezone").fetchone() == ("UTC",)
-        assert conn.execute("SELECT count(*) FROM numeric_data").fetchone() == (0,)
+    try:
+        assert migrations.migrate(dsn, SQL_DIR, seed=True)
+        with psycopg.connect(dsn) as conn:
+            assert conn.execute("SHOW timezone").fetchone() == ("UTC",)
+            assert conn.execute("SELECT count(*) FROM numeric_data").fetchone() == (0,)
+    finally:
+        # Roles are cluster-wide: leave none behind (matters with INSECTARIUM_TEST_PG_DSN).
+        with psycopg.connect(empty_database, autocommit=True) as db_admin:
+            db_admin.execute(f'REASSIGN OWNED BY "{owner}" TO CURRENT_USER')
+        with psycopg.connect(postgres_server.dsn("postgres"), autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{dbname}" OWNER TO CURRENT_USER')
+            admin.execute(f'DROP ROLE "{owner}"')
 
 
 def test_cli_migrate_and_status(empty_database: str) -> None:
