@@ -32,10 +32,10 @@ class FakeRunTable(Endpoint):
         self.next_id, self.delay = next_id, delay
         self.rows: dict[int, dict[str, Any]] = {}
 
-    async def do_insert(self, run_name: str) -> dict[str, Any]:
+    async def do_insert(self, run_name: str, **optional: Any) -> dict[str, Any]:
         await asyncio.sleep(self.delay)
         run_id, self.next_id = self.next_id, self.next_id + 1
-        self.rows[run_id] = {"run_name": run_name, "start_timestamp": now_timestamp()}
+        self.rows[run_id] = {"run_name": run_name, "start_timestamp": now_timestamp(), **optional}
         return {"run_id": run_id, "start_timestamp": self.rows[run_id]["start_timestamp"]}
 
     def end_run(self, run_id: int, end_timestamp: str) -> None:
@@ -189,6 +189,8 @@ async def test_a_run_from_start_to_end(make_lab, client) -> None:
     }
     data_file = json.loads((run_dir / "rid001234567.json").read_text())
     assert data_file["run_name"] == "unit_run"
+    assert lab.run_table.rows[1_234_567]["daq_name"] == "generic_daq"
+    assert lab.run_table.rows[1_234_567]["run_time_s"] == 60
     assert data_file["data_end"] is None
 
     status = await client.get(lab.name)

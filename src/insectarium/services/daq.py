@@ -4,7 +4,8 @@ Port of dragonfly v1.19.6 ``DAQProvider`` / ``TestingDAQProvider`` (dragonfly-se
 dripline 3.  One run is:
 
 1. refuse in safe mode (1101) or while a run is going (1102);
-2. ``cmd <run_table_endpoint> -s do_insert run_name=…`` → ``run_id``, ``start_timestamp``
+2. ``cmd <run_table_endpoint> -s do_insert run_name=… daq_name=… run_time_s=…`` → ``run_id``,
+   ``start_timestamp``
    (failure → 304 ``… run "<name>" not started``);
 3. ``get <metadata_state_target>`` (a MultiGet) and write ``<prefix><R:09d>_meta.json`` with
    ``{"DAQ", "run_time", "run_id", <its value_raw entries>, "DAQ_MODE"}`` through
@@ -304,7 +305,8 @@ class GenericDAQProvider(Endpoint):
                 self.run_table_endpoint,
                 "do_insert",
                 [],
-                {"run_name": run_name},
+                # dragonfly sent run_name only; a run table drops keys it is not configured for
+                {"run_name": run_name, "daq_name": self.daq_name, "run_time_s": seconds},
                 timeout_s=self.request_timeout_s,
             )
             run_id = int(row["run_id"])
