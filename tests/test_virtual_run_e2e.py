@@ -7,9 +7,10 @@ overrides Ansible passes (broker, auth file, ``database_*``, ``data_directory``)
 run in a private RabbitMQ vhost so that their fixed names (``not-glenlivet``, ``peaches`` …)
 cannot meet another copy of the lab on a shared broker.
 
-After the run it checks the run-table row, the ``_meta.json`` and ``_snapshot.json`` files in the
-run's directory, the values logged to the data tables during the run, and that the unmapped
-``donuts`` left nothing.
+The run is started with ``dl-agent``; a second start is refused (1102) through both ``dl-agent``
+and ``dragonfly``.  After the run it checks the run-table row, the ``_meta.json`` and
+``_snapshot.json`` files in the run's directory, the values logged to the data tables during the
+run, and that the unmapped ``donuts`` left nothing.
 """
 
 from __future__ import annotations
@@ -289,8 +290,43 @@ def test_virtual_run(lab: Lab) -> None:
         ("donuts", 13),
     ):
         lab.client.set(endpoint, value)
-    refused = lab.agent("cmd", "daq_interface", "-s", "start_timed_run", "--values", "second", "5")
-    assert refused.returncode == 11, refused.stdout  # 1102 daq_running // 100
+    # a second run is refused, through dl-agent and through the seed's dragonfly habit, at once
+    second = {
+        "dl-agent": [
+            "insectarium.cli.agent",
+            *lab.common_args,
+            "cmd",
+            "daq_interface",
+            "-s",
+            "start_timed_run",
+            "--values",
+            "second",
+            "5",
+        ],
+        "dragonfly": [
+            "insectarium.cli.dragonfly",
+            "cmd",
+            "-vv",
+            *lab.common_args,
+            "daq_interface.start_timed_run",
+            "second",
+            "5",
+            "--strict",
+        ],
+    }
+    procs = {
+        tool: subprocess.Popen(
+            [sys.executable, "-m", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for tool, argv in second.items()
+    }
+    outputs = {tool: proc.communicate(timeout=120) for tool, proc in procs.items()}
+    for tool, proc in procs.items():
+        assert proc.returncode == 11, (tool, outputs[tool])  # 1102 daq_running // 100
+    assert outputs["dragonfly"][0].startswith(
+        "daq_interface.start_timed_run->second->5(ret:1102): [not-generic_daq]-> None\n"
+        "return message: DAQ is already running: aborting run"
+    ), outputs["dragonfly"]
     status = lab.client.get("daq_interface")
     assert status["running"] is True and status["run_id"] == run_id, (
         f"the run ended before the values were set (slow machine?): {status}\n{lab.diagnostics()}"
