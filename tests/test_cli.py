@@ -116,6 +116,25 @@ def test_timeout_is_404_exit_4(kv_service: str, broker_args: list[str], amqp_url
     assert r.returncode == 4 and "404" in r.stdout
 
 
+def test_values_may_follow_options(kv_service: str, broker_args: list[str]) -> None:
+    """dl-agent habit: `cmd daq_interface -s start_timed_run run1 60` (values after -s)."""
+    r = tool(
+        "dl-agent",
+        *broker_args,
+        "--json-print",
+        "cmd",
+        f"{kv_service}_peaches",
+        "-s",
+        "on_set",
+        "-2.5",
+    )
+    assert r.returncode == 0, r.stderr
+    r = tool("dl-agent", *broker_args, "--json-print", "get", f"{kv_service}_cheese")
+    assert json.loads(r.stdout)["payload"] == {"value_raw": -2.5}
+    r = tool("dl-agent", *broker_args, "get", f"{kv_service}_peaches", "--no-such-option")
+    assert r.returncode == 2 and "unrecognized arguments: --no-such-option" in r.stderr
+
+
 def test_save_writes_payload(kv_service: str, broker_args: list[str], tmp_path: Path) -> None:
     out = tmp_path / "peaches.json"
     r = tool(

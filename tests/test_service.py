@@ -101,6 +101,7 @@ async def test_cmd_with_values_and_keywords(lab, client) -> None:
         (MsgOp.CMD, "no_such_method", {}, 306),
         (MsgOp.CMD, "handle_request", {}, 306),  # framework internals are not commands
         (MsgOp.CMD, "_private", {}, 306),
+        (MsgOp.CMD, "on_set_condition", {"values": [10]}, 306),  # an overridden hook, not a cmd
         (MsgOp.GET, "no_such_attribute", {}, 310),
         (MsgOp.GET, "_lock_key", {}, 310),
         (MsgOp.SET, "name", {"values": ["x"]}, 310),  # protected attribute

@@ -231,9 +231,23 @@ async def run(args: argparse.Namespace) -> int:
     return reply.return_code // 100
 
 
+def _is_number(word: str) -> bool:
+    try:
+        float(word)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # Values may follow options (`cmd daq -s start_timed_run run1 60`): argparse's subparsers
+    # stop collecting positionals at the first option, so the leftovers are values too.
+    args, extra = parser.parse_known_args(argv)
+    for word in extra:
+        if word.startswith("-") and not _is_number(word):
+            parser.error(f"unrecognized arguments: {word}")
+    args.arguments = [*getattr(args, "arguments", []), *extra]
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
     from ..dripline.config import ConfigError
 

@@ -233,11 +233,11 @@ class Endpoint:
             return False
         if name in self.command_allow_list:
             return True
+        # a framework hook stays a hook even when a subclass overrides it (on_stop, on_start …)
         framework = _framework_classes()
-        for cls in type(self).__mro__:
-            if name in vars(cls):
-                return cls not in framework
-        return False
+        if any(name in vars(cls) for cls in type(self).__mro__ if cls in framework):
+            return False
+        return any(name in vars(cls) for cls in type(self).__mro__)
 
     async def do_cmd_request(self, msg: Message, specifier: str) -> Reply:
         if not specifier:
