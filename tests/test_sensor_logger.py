@@ -6,6 +6,7 @@ Endpoint names are unique per test (registered in endpoint_id_map by the test) s
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import logging
 import uuid
@@ -254,3 +255,23 @@ async def test_status_endpoint_and_service_get(
     assert via_child["stored"] == 0 and via_child["pending"] == 0
     assert via_service["mapped_endpoints"] >= 5  # the seed
     assert refreshed["loaded"] is True
+
+
+async def test_database_missing_at_start_loses_nothing(
+    postgres_server: Any, lab_database_factory: Any, amqp_url: str, publisher: Any
+) -> None:
+    name = unique("late_db")
+    logger = make_logger(postgres_server.dsn(name), amqp_url, retry_max_delay_s=0.5)
+    try:
+        async with running(logger):  # the database does not exist yet: the service starts anyway
+            for i in range(20):
+                await publisher("peaches", {"value_raw": i}, f"2026-01-02T03:04:{i:02d}.000000Z")
+            await asyncio.sleep(1.0)
+            assert logger.stored == 0 and not logger.dropped_unknown  # waiting, not dropping
+            dsn = lab_database_factory(name)
+            await eventually(lambda: logger.stored >= 20, timeout=30)
+        assert [r[0] for r in rows(dsn, "endpoint_numeric_data", "peaches")][:20] == [
+            float(i) for i in range(20)
+        ]
+    finally:
+        postgres_server.drop_database(name)

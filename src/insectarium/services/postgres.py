@@ -222,6 +222,9 @@ class PostgreSQLService(Service):
     is not up yet does not stop the service from starting: every request retries.
     """
 
+    #: a kept connection idle this long is pinged before use (the logger retries instead)
+    database_idle_check_s: float = 0.0
+
     def __init__(
         self,
         name: str,
@@ -250,6 +253,7 @@ class PostgreSQLService(Service):
             connect_timeout_s=self.database_connect_timeout_s,
             max_connections=self.database_max_connections,
             application_name=self.name,
+            idle_check_s=self.database_idle_check_s,
         )
 
     def is_command(self, name: str) -> bool:

@@ -104,6 +104,9 @@ class Batch:
 class SensorLogger(PostgreSQLService, AlertConsumer):
     """Stores ``sensor_value.<endpoint>`` alerts of mapped endpoints in the slow-control DB."""
 
+    # a failed write is retried on a new connection anyway: no ping before every batch
+    database_idle_check_s = 5.0
+
     def __init__(
         self,
         name: str,
@@ -160,6 +163,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self.endpoint_map: dict[str, tuple[int, str]] = {}
         self._map_loaded_at = -math.inf
         self._map_refresh: asyncio.Task[bool] | None = None
+        self._map_failing = False
         self._names: dict[str, str | None] = {}  # routing key -> endpoint name (parse cache)
         self._batch: Batch | None = None
         self._current: Batch | None = None  # the batch being written
@@ -201,14 +205,27 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         ok = await self._refresh_once()
         return {"loaded": ok, "endpoints": len(self.endpoint_map)}
 
-    async def _refresh_once(self) -> bool:
-        """One refresh at a time; concurrent callers share it."""
+    async def _refresh_once(self, until_loaded: bool = False) -> bool:
+        """One refresh at a time; concurrent callers share it.
+
+        ``until_loaded`` keeps retrying (with back-off) until the database answers.
+        """
         if self._map_refresh is None or self._map_refresh.done():
-            self._map_refresh = asyncio.ensure_future(self._load_map())
-        return await asyncio.shield(self._map_refresh)
+            work = self._load_map_retrying() if until_loaded else self._load_map()
+            self._map_refresh = self.spawn(work, name="endpoint_id_map")
+        ok = await asyncio.shield(self._map_refresh)
+        if not ok and until_loaded:  # joined a single attempt that failed
+            return await self._refresh_once(until_loaded=True)
+        return ok
+
+    async def _load_map_retrying(self) -> bool:
+        delay = 0.5
+        while not await self._load_map():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.retry_max_delay_s)
+        return True
 
     async def _load_map(self) -> bool:
-        self._map_loaded_at = time.monotonic()
         query = sql.SQL("SELECT endpoint_name, endpoint_id, type::text FROM {}").format(
             self.id_map_sql
         )
@@ -218,8 +235,17 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 rows = await cur.fetchall()
                 await conn.rollback()
         except Exception as exc:
-            log.warning("cannot read endpoint_id_map: %s", getattr(exc, "message", exc))
+            if not self._map_failing:
+                log.warning(
+                    "cannot read endpoint_id_map (%s); values wait until it can be read",
+                    getattr(exc, "message", exc),
+                )
+            self._map_failing = True
             return False
+        if self._map_failing:
+            log.warning("endpoint_id_map read again (%d endpoints)", len(rows))
+            self._map_failing = False
+        self._map_loaded_at = time.monotonic()
         new_map = {str(n): (int(i), str(t)) for n, i, t in rows}
         added = sorted(set(new_map) - set(self.endpoint_map))
         self.endpoint_map = new_map
@@ -236,7 +262,9 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         if found is not None:
             return found
         if time.monotonic() - self._map_loaded_at >= self.id_map_min_refresh_s:
-            await self._refresh_once()
+            # Until the map could be read, "unknown" cannot be told from "database away": wait
+            # (the alert stays unacknowledged) rather than drop values of a mapped endpoint.
+            await self._refresh_once(until_loaded=True)
             found = self.endpoint_map.get(name)
         return found
 
