@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(BENCHMARKS)
     report = Report()
     started = dt.datetime.now(dt.UTC)
+    load_start = os.getloadavg()
     t0 = time.perf_counter()
     env = Environment(args.amqp_url, args.pg_dsn, keep=args.keep, schema_file=args.schema_file)
     plan: list[tuple[str, Callable[[], None]]] = [
@@ -104,7 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         env.close()
     wall = time.perf_counter() - t0
     report.print(console, f"insectarium benchmarks — {'quick' if args.quick else 'full'} run")
-    console.print(f"wall time {wall:.1f} s")
+    load_end = os.getloadavg()
+    console.print(
+        f"wall time {wall:.1f} s; load average {load_start[0]:.1f} at start, {load_end[0]:.1f} "
+        f"at end on {os.cpu_count()} CPUs (compare figures within one run, not across runs)"
+    )
     if not args.no_save:
         meta = {
             "timestamp": started.isoformat(),
@@ -112,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
             "args": {k: v for k, v in vars(args).items() if k not in ("amqp_url", "pg_dsn")},
             "selected": selected,
             "git": git_info(REPO),
-            "machine": machine_info(),
+            "machine": {
+                **machine_info(),
+                "loadavg_at_start": load_start,
+                "loadavg_at_end": load_end,
+            },
             "servers": env.info,
         }
         path = report.write_json(meta)

@@ -447,6 +447,16 @@ class ServiceProcess:
         self.rss_last = value
         return value
 
+    def cpu_s(self) -> float | None:
+        """User + system CPU seconds used so far (load-independent cost, unlike wall time)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        try:
+            t = psutil.Process(self.proc.pid).cpu_times()
+        except psutil.Error:
+            return None
+        return float(t.user + t.system)
+
     @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc else None

@@ -12,6 +12,7 @@ slow_control_table.yaml``); the naive baseline is :func:`bench.baselines.naive_l
 from __future__ import annotations
 
 import datetime as dt
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,8 +44,8 @@ class Sizes:
 def sizes(quick: bool, repeat: int | None) -> Sizes:
     """The naive logger is two orders slower: fewer values give it the same statistical weight."""
     if quick:
-        return Sizes(repeat or 1, 20_000, 1_000, 1, 5_000, 300)
-    return Sizes(repeat or 3, 100_000, 5_000, min(repeat or 2, 2), 20_000, 1_000)
+        return Sizes(repeat or 1, 10_000, 300, 1, 2_000, 100)
+    return Sizes(repeat or 3, 50_000, 3_000, min(repeat or 2, 2), 10_000, 500)
 
 
 @dataclass
@@ -58,6 +59,13 @@ class Outcome:
     #: rows already in when timing started, and seconds from then until the last row
     rows_at_start: int
     drain_s: float
+    #: logger CPU seconds spent on the timed rows (backlog rounds only)
+    cpu_s: float | None = None
+
+    @property
+    def cpu_us_per_value(self) -> float | None:
+        timed = self.rows - self.rows_at_start
+        return self.cpu_s / timed * 1e6 if self.cpu_s is not None and timed > 0 else None
 
     @property
     def rate(self) -> float:
@@ -121,7 +129,13 @@ class RowCounter:
         return int(self.conn.execute(sql, self.range).fetchone()[0])  # type: ignore[index]
 
     def wait(
-        self, expected: int, *, from_first_row: bool, first_s: float = 60, stall_s: float = 10
+        self,
+        expected: int,
+        *,
+        from_first_row: bool,
+        first_s: float = 60,
+        stall_s: float = 10,
+        on_start: Callable[[], None] | None = None,
     ) -> tuple[int, int, float]:
         """Poll until ``expected`` rows, or no progress for ``stall_s`` (``first_s`` for the first).
 
@@ -138,6 +152,8 @@ class RowCounter:
             now = time.perf_counter()
             if not started and count > 0:
                 started, t0, start_rows = True, now, count
+                if on_start is not None:
+                    on_start()
             if count >= expected:
                 return count, start_rows, now - t0
             if count != last:
@@ -193,8 +209,12 @@ def backlog_round(
     blobs = encode_alerts(n, base)
     _, publish_s = publish_parallel(env.broker, blobs)
     proc = make().launch()
+    cpu0: list[float | None] = []
     try:
-        rows, at_start, drain_s = counter.wait(n, from_first_row=True)
+        rows, at_start, drain_s = counter.wait(
+            n, from_first_row=True, on_start=lambda: cpu0.append(proc.cpu_s())
+        )
+        cpu1 = proc.cpu_s()
         proc.phase = phase
         proc.rss()
     finally:
@@ -204,7 +224,8 @@ def backlog_round(
     ok = check_and_clear(env.dsn, ids, n) if rows == n else False
     if rows != n:
         check_and_clear(env.dsn, ids, 0)
-    return Outcome(n, rows, ok, publish_s, at_start, drain_s)
+    cpu = cpu1 - cpu0[0] if cpu0 and cpu0[0] is not None and cpu1 is not None else None
+    return Outcome(n, rows, ok, publish_s, at_start, drain_s, cpu)
 
 
 def measure(
@@ -262,6 +283,20 @@ def report_rows(
     )
     if not row.samples:
         row.not_run = f"every round lost values: {loss_note(rounds)}"
+    cpu = [c for o in rounds if (c := o.cpu_us_per_value) is not None]
+    report.add(
+        Row(
+            b,
+            f"{who} CPU per value",
+            "us",
+            cpu,
+            note=f"logger process user+sys CPU while draining: at most "
+            f"~{1e6 / statistics.median(cpu):,.0f} values/s with a core to itself"
+            if cpu
+            else "",
+            digits=0,
+        )
+    )
     report.add(
         Row(
             b,

@@ -29,11 +29,13 @@ def run(env: Environment, report: Report, quick: bool, ingest_ran: bool) -> None
 
 
 def add_rows(report: Report, name: str, procs: list[ServiceProcess]) -> None:
-    target = at_most(LIMIT_MB, f"< {LIMIT_MB} MB")
+    target = at_most(LIMIT_MB, f"< {LIMIT_MB} MiB")
     start = [p.rss_start / MB for p in procs if p.rss_start]
     if start:
         report.add(
-            Row("memory", f"{name} after start", "MB", start, target, note=f"{len(start)} start(s)")
+            Row(
+                "memory", f"{name} after start", "MiB", start, target, note=f"{len(start)} start(s)"
+            )
         )
     loaded = [(p.rss_last / MB, p.phase) for p in procs if p.rss_last and p.phase]
     if loaded:
@@ -42,7 +44,7 @@ def add_rows(report: Report, name: str, procs: list[ServiceProcess]) -> None:
             Row(
                 "memory",
                 f"{name} after load",
-                "MB",
+                "MiB",
                 [worst[0]],
                 target,
                 note=f"after {worst[1]}",

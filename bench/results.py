@@ -69,6 +69,8 @@ class Row:
     note: str = ""
     not_run: str = ""
     digits: int = 1
+    #: the operation ran but failed (some or all repetitions): a MISS whatever the figures
+    failed: str = ""
 
     @property
     def median(self) -> float | None:
@@ -78,6 +80,8 @@ class Row:
     def verdict(self) -> str:
         if self.not_run:
             return "NOT RUN"
+        if self.failed and self.target is not None:
+            return "MISS"
         if self.target is None or self.median is None:
             return "info"
         return "PASS" if self.target.met(self.median) else "MISS"
@@ -109,6 +113,8 @@ class Row:
         }
         if self.not_run:
             out["not_run"] = self.not_run
+        if self.failed:
+            out["failed"] = self.failed
         return out
 
 
@@ -143,6 +149,8 @@ class Report:
         for r in self.rows:
             verdict = r.verdict
             shown = verdict if verdict in ("info", "NOT RUN") else f"{verdict} {r.fmt(r.median)}"
+            if r.failed and r.median is None:
+                shown = f"{verdict} (failed)"
             table.add_row(
                 r.benchmark,
                 r.metric,
@@ -152,7 +160,7 @@ class Report:
                 r.unit,
                 r.target.text if r.target else "",
                 f"[{styles[verdict]}]{shown}[/]",
-                r.not_run or r.note,
+                "; ".join(x for x in (r.not_run, r.failed, r.note) if x),
             )
         return table
 
@@ -184,7 +192,6 @@ def machine_info() -> dict[str, Any]:
         "cpu_model": cpu_model,
         "cpu_count": os.cpu_count(),
         "memory_total_mb": round(psutil.virtual_memory().total / 2**20),
-        "loadavg_at_start": os.getloadavg(),
     }
 
 

@@ -36,8 +36,8 @@ class Sizes:
 
 def sizes(quick: bool, repeat: int | None) -> Sizes:
     if quick:
-        return Sizes(repeat or 2, 30, 150, 400, 16, 3)
-    return Sizes(repeat or 5, 100, 500, 2000, 16, 10)
+        return Sizes(repeat or 2, 20, 100, 300, 16, 2)
+    return Sizes(repeat or 5, 50, 300, 1000, 16, 10)
 
 
 async def sequential(call: Call, n: int) -> list[float]:
@@ -68,7 +68,9 @@ async def concurrent(call: Call, n: int, in_flight: int) -> tuple[float, list[fl
     return n / (time.perf_counter() - t0), latencies
 
 
-async def _measure(env: Environment, sz: Sizes) -> dict[str, dict[str, list[float]]]:
+async def _measure(
+    env: Environment, sz: Sizes, servers: dict[str, ServiceProcess]
+) -> dict[str, dict[str, list[float]]]:
     from insectarium.dripline import Interface
 
     assert env.broker is not None
@@ -93,15 +95,22 @@ async def _measure(env: Environment, sz: Sizes) -> dict[str, dict[str, list[floa
 
     calls: dict[str, Call] = {"raw": baseline, "ours": ours}
     figures: dict[str, dict[str, list[float]]] = {
-        k: {"p50": [], "p99": [], "rps": [], "p50_loaded": []} for k in calls
+        k: {"p50": [], "p99": [], "rps": [], "p50_loaded": [], "server_cpu": [], "client_cpu": []}
+        for k in calls
     }
     try:
         for _ in range(sz.repeat):
             for name, call in calls.items():
                 await sequential(call, sz.warmup)
+                server0, client0 = servers[name].cpu_s(), time.process_time()
                 lat = await sequential(call, sz.sequential)
                 rps, loaded = await concurrent(call, sz.concurrent, sz.in_flight)
+                server1, client1 = servers[name].cpu_s(), time.process_time()
                 f = figures[name]
+                calls_made = sz.sequential + sz.concurrent
+                if server0 is not None and server1 is not None:
+                    f["server_cpu"].append((server1 - server0) / calls_made * 1e6)
+                f["client_cpu"].append((client1 - client0) / calls_made * 1e6)
                 f["p50"].append(percentile(lat, 50))
                 f["p99"].append(percentile(lat, 99))
                 f["rps"].append(rps)
@@ -119,7 +128,7 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
     try:
         kv.start()
         echo.start()
-        figures = asyncio.run(_measure(env, sz))
+        figures = asyncio.run(_measure(env, sz, {"raw": echo, "ours": kv}))
         kv.phase = f"{sz.repeat * (sz.warmup + sz.sequential + sz.concurrent)} gets"
         kv.rss()
         echo.stop()
@@ -160,6 +169,11 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
             digits=0,
         )
     )
+    cpu = "user+sys CPU per request, sequential and concurrent phases"
+    report.add(Row(b, "raw server CPU", "us", raw["server_cpu"], note=cpu, digits=0))
+    report.add(Row(b, "ours server CPU", "us", ours["server_cpu"], note=cpu, digits=0))
+    report.add(Row(b, "raw client CPU", "us", raw["client_cpu"], note=cpu, digits=0))
+    report.add(Row(b, "ours client CPU", "us", ours["client_cpu"], note=cpu, digits=0))
     for row in agent_rows:
         report.add(row)
 
