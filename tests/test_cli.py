@@ -123,7 +123,7 @@ def test_values_may_follow_options(kv_service: str, broker_args: list[str]) -> N
         *broker_args,
         "--json-print",
         "cmd",
-        f"{kv_service}_peaches",
+        f"{kv_service}_cheese",
         "-s",
         "on_set",
         "-2.5",
