@@ -265,15 +265,13 @@ def test_virtual_run(lab: Lab) -> None:
     )
     time.sleep(0.05)  # keep the pre-run row strictly before the run's start timestamp
 
-    # dl-agent's own example is `cmd daq_interface -s start_timed_run e2e_run 12`; the values go
-    # through --values because dl-agent does not take positionals after -s yet (see the report).
+    # exactly the documented habit: `dl-agent cmd daq_interface -s start_timed_run <name> <s>`
     started = lab.agent(
         "--json-print",
         "cmd",
         "daq_interface",
         "-s",
         "start_timed_run",
-        "--values",
         "e2e_run",
         str(RUN_SECONDS),
     )
@@ -299,7 +297,6 @@ def test_virtual_run(lab: Lab) -> None:
             "daq_interface",
             "-s",
             "start_timed_run",
-            "--values",
             "second",
             "5",
         ],
