@@ -350,6 +350,19 @@ async def test_service_level_get_and_entity_alert_payload_json(lab, client) -> N
     assert json.dumps(reply.to_dict())
 
 
+async def test_endpoint_added_to_a_running_service_is_reachable(lab, client) -> None:
+    svc, _t, _kv = lab
+    name = f"{svc.name}_late"
+    svc.add_endpoint(KeyValueStore(name, initial_value="late"))
+    reply = None
+    for _ in range(50):
+        reply = await client.request(name, MsgOp.GET, {})
+        if reply.return_code == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert reply is not None and reply.payload == {"value_raw": "late"}
+
+
 def test_entity_rejects_bad_interval() -> None:
     with pytest.raises(ValueError, match="log_interval"):
         Entity("x", log_interval=-1)

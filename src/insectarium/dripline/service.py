@@ -96,6 +96,12 @@ class Service(Endpoint):
             raise ValueError(f"service {self.name}: duplicate endpoint name {endpoint.name!r}")
         endpoint.service = self
         self.sync_children[endpoint.name] = endpoint
+        if self._running and self._queue is not None:
+            # added to a running service: bind its routing key now (completes asynchronously)
+            self.spawn(
+                self._queue.bind(self.mesh.requests_exchange, routing_key=f"{endpoint.name}.#"),
+                name=f"bind:{endpoint.name}",
+            )
         if self._running and isinstance(endpoint, Entity) and self.enable_scheduling:
             endpoint.start_logging()
 
