@@ -51,6 +51,7 @@ LIFECYCLE_HOOKS = frozenset(
         "setup_consumers",
         "process_alert",
         "process_payload",
+        "is_command",
     }
 )
 
