@@ -158,7 +158,7 @@ async def test_lockout_cycle(lab, client) -> None:
     assert (
         await client.request(kv, MsgOp.CMD, {"force": True}, specifier="unlock")
     ).return_code == 0
-    assert (await client.get(kv, specifier="is-locked"))["is_locked"] is False
+    assert await client.get(kv, specifier="is-locked") == {"is_locked": False}
 
 
 async def test_lock_with_supplied_key(lab, client) -> None:

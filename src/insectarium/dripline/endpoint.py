@@ -145,7 +145,11 @@ class Endpoint:
         op = msg.message_operation
         if op == MsgOp.GET:
             if tokens and tokens[0] == "is-locked":
-                return Reply(0, "", {"is_locked": self.is_locked, "tag": self._lock_tag})
+                # the shape dripline-cpp replies with: the tag only while locked
+                status: dict[str, Any] = {"is_locked": self.is_locked}
+                if self.is_locked:
+                    status["tag"] = self._lock_tag
+                return Reply(0, "Checked lock status", status)
             return await self.do_get_request(msg, ".".join(tokens))
         if op == MsgOp.SET:
             if not self.check_key(key):
