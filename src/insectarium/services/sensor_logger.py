@@ -110,6 +110,8 @@ class Batch:
 
     rows: dict[str, list[Row]] = field(default_factory=dict)
     memos: list[tuple[str, Row, str]] = field(default_factory=list)
+    #: deliveries of the lean path, acknowledged once the batch is committed
+    deliveries: list[tuple[_Acks, int, AbstractIncomingMessage]] = field(default_factory=list)
     size: int = 0
     started: float = 0.0
     done: asyncio.Future[None] = field(
@@ -315,10 +317,19 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
 
     async def _store(self, routing_key: str, payload: Any, timestamp_text: str) -> None:
         """Buffer one value; return once it is committed (or dropped for a logged reason)."""
+        batch = await self._enqueue(routing_key, payload, timestamp_text)
+        if batch is not None:
+            await asyncio.shield(batch.done)
+
+    async def _enqueue(self, routing_key: str, payload: Any, timestamp_text: str) -> Batch | None:
+        """Put one value in the open batch and return that batch; ``None`` if it is dropped.
+
+        Does not suspend unless an unknown name needs an ``endpoint_id_map`` refresh.
+        """
         name = self._endpoint_name(routing_key)
         if not name:
             self._malformed(routing_key, "routing key does not name an endpoint")
-            return
+            return None
         entry = self.endpoint_map.get(name) or await self._lookup(name)
         if entry is None:
             self.dropped_unknown[name] += 1
@@ -329,7 +340,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                     name,
                     SEED_HINT,
                 )
-            return
+            return None
         endpoint_id, kind = entry
         if kind not in self.data_tables:
             self.dropped_unknown[name] += 1
@@ -341,29 +352,29 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                     kind,
                     ", ".join(self.data_tables),
                 )
-            return
+            return None
         if not isinstance(payload, Mapping):
             self._malformed(name, f"payload is not an object: {payload!r:.80}")
-            return
+            return None
         try:
             timestamp = parse_alert_time(timestamp_text)
         except (ValueError, TypeError):
             self._malformed(name, f"bad timestamp header {timestamp_text!r:.60}")
-            return
+            return None
         raw, cal = payload.get("value_raw"), payload.get("value_cal")
         memo = payload.get("memo")
         if kind == "numeric":
             raw_v, cal_v = as_float(raw), as_float(cal)
             if raw_v is None and raw is not None:
                 self._malformed(name, f"value_raw {raw!r:.60} is not a number")
-                return
+                return None
         elif kind == "json":
             raw_v, cal_v = as_json(raw), as_json(cal)
         else:
             raw_v, cal_v = as_text(raw), as_text(cal)
         if raw_v is None and cal_v is None and memo is None:
             self._malformed(name, "payload has no value_raw, value_cal or memo")
-            return
+            return None
         row: Row = (endpoint_id, timestamp, raw_v, cal_v)
         batch = self._batch
         if batch is None:
@@ -379,8 +390,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         batch.size += 1
         if batch.size >= self.flush_at:
             self._full.set()
-        # acknowledged (by the caller) only once the batch is committed
-        await asyncio.shield(batch.done)
+        return batch
 
     # ----------------------------------------------------------------- deliveries
     async def _on_alert_delivery(self, incoming: AbstractIncomingMessage) -> None:
@@ -400,7 +410,11 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             if fast is None:
                 await self._alert_reassembler.feed(Delivery.from_incoming(incoming))
             else:
-                await self._store(incoming.routing_key or "", *fast)
+                batch = await self._enqueue(incoming.routing_key or "", *fast)
+                if batch is not None:
+                    # finished by the writer once the batch is committed: no task waits here
+                    batch.deliveries.append((acks, tag, incoming))
+                    return
         except asyncio.CancelledError:
             raise  # stays in flight: never acknowledged here, redelivered after the restart
         except Exception:
@@ -409,6 +423,10 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             with contextlib.suppress(Exception):
                 await incoming.nack(requeue=False)
             return
+        self._finished(acks, tag, incoming)
+
+    def _finished(self, acks: _Acks, tag: int, incoming: AbstractIncomingMessage) -> None:
+        """A delivery is done with (stored or dropped): it may be acknowledged."""
         acks.inflight.discard(tag)
         acks.done.append((tag, incoming))
         if not acks.scheduled:
@@ -488,6 +506,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             finally:
                 self._current = None
             batch.done.set_result(None)
+            for acks, tag, incoming in batch.deliveries:
+                self._finished(acks, tag, incoming)
             if self._batch is not None:
                 self._wake.set()
 
