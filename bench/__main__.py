@@ -62,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         print("--repeat must be >= 1", file=sys.stderr)
         return 1
     logging.basicConfig(level=logging.WARNING)
+    # the clients in this process would repeat, chunk by chunk, what the table reports once
+    logging.getLogger("insectarium").setLevel(logging.ERROR)
     console = Console() if sys.stdout.isatty() else Console(width=200)
     selected = args.only or list(BENCHMARKS)
     report = Report()

@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -122,8 +123,12 @@ class Environment:
     def open(self) -> None:
         for d in (self.home, self.logs, self.data_dir):
             d.mkdir(parents=True, exist_ok=True)
-        self._open_broker()
-        self._open_database()
+        # both servers start at once: a private RabbitMQ alone takes ~10 s to boot
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            broker = pool.submit(self._open_broker)
+            database = pool.submit(self._open_database)
+            broker.result()
+            database.result()
         self._write_home()
 
     def _open_broker(self) -> None:
@@ -153,8 +158,8 @@ class Environment:
                     "give --amqp-url to use an existing broker"
                 ) from None
             server = RabbitMQServer()
-            _start(server)
             self._servers.append(server)
+            _start(server)
             self.broker = Broker.from_url(server.url)
             self.private = True
             self.info["broker"] = {"private": True}
@@ -174,8 +179,8 @@ class Environment:
             # the lab's database keeps PostgreSQL's durable defaults; a test cluster turns them
             # off for speed, which would flatter a commit-per-value logger
             server = PostgresServer(settings=DURABLE_PG)
-            _start(server)
             self._servers.append(server)
+            _start(server)
             self.admin_dsn = server.dsn("postgres")
             self.info["postgres"] = {"private": True}
         import psycopg
