@@ -1,7 +1,7 @@
 """``python -m bench [--quick] [--only NAME …] [--repeat N]``: run the benchmarks, print, save.
 
 Exit status: 0 when every selected benchmark ran (whatever its verdicts: a MISS is a finding,
-not a failure), 2 when one could not run (missing config, server, schema …), 1 on a usage error.
+not a failure), 3 when one could not run (missing config, server, schema …), 2 on a usage error.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from rich.console import Console
 from . import ingest, memory, rpc, runs
 from .env import REPO, Environment, NotRunnable
 from .results import Report, git_info, machine_info
+
+EXIT_NOT_RUN = 3
 
 BENCHMARKS: dict[str, str] = {
     "rpc": "request round trip (ours vs raw aio-pika) and dl-agent get as a process",
@@ -57,10 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.repeat is not None and args.repeat < 1:
-        print("--repeat must be >= 1", file=sys.stderr)
-        return 1
+        parser.error("--repeat must be >= 1")
     logging.basicConfig(level=logging.WARNING)
     # the clients in this process would repeat, chunk by chunk, what the table reports once
     logging.getLogger("insectarium").setLevel(logging.ERROR)
@@ -128,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         path = report.write_json(meta)
         console.print(f"results: {path.relative_to(REPO)}")
-    return 2 if report.any_not_run else 0
+    return EXIT_NOT_RUN if report.any_not_run else 0
 
 
 if __name__ == "__main__":
