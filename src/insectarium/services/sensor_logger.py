@@ -213,8 +213,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             self._full.set()
             await asyncio.wait(waiting, timeout=5.0)
             await asyncio.sleep(0.01)  # let the alert callbacks finish
-            for acks in list(self._acks.values()):
-                await self._send_acks(acks)
+        for acks in list(self._acks.values()):  # including those scheduled but not yet sent
+            await self._send_acks(acks)
         await super().stop()
 
     # ----------------------------------------------------------------- endpoint_id_map
