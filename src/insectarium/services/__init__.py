@@ -26,7 +26,22 @@ _LAZY = {
     "RunTable": "run_table",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = [  # noqa: RUF022 - grouped as in _LAZY
+    "KeyValueStore",
+    "MultiDo",
+    "MultiGet",
+    "MultiSet",
+    "DAQService",
+    "GenericDAQProvider",
+    "TestingDAQProvider",
+    "MDReceiver",
+    "PostgreSQLService",
+    "SensorLogger",
+    "SensorLoggerStatus",
+    "SQLSnapshot",
+    "SQLTable",
+    "RunTable",
+]
 
 
 def __getattr__(name: str) -> Any:
