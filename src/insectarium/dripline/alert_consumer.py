@@ -79,9 +79,15 @@ class AlertConsumer(Service):
         try:
             await self._alert_reassembler.feed(Delivery.from_incoming(incoming))
         except Exception:
-            log.exception("failed to process alert %s; dropped", incoming.routing_key)
+            # one more chance (a transient failure), then drop it rather than loop forever
+            retry = not incoming.redelivered
+            log.exception(
+                "failed to process alert %s; %s",
+                incoming.routing_key,
+                "requeued for one retry" if retry else "dropped after a retry",
+            )
             with contextlib.suppress(Exception):
-                await incoming.nack(requeue=False)
+                await incoming.nack(requeue=retry)
             return
         with contextlib.suppress(Exception):
             await incoming.ack()
