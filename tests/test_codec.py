@@ -152,6 +152,22 @@ async def test_reassembler_joins_out_of_order_chunks_and_ignores_duplicates() ->
     assert len(got) == 1 and r.pending_count == 0
 
 
+async def test_reassembler_waits_while_chunks_keep_arriving() -> None:
+    """A large message whose chunks keep flowing is not cut off after message_wait_ms."""
+    msg = Message.request("peaches", MsgOp.SET, {"values": ["z" * 3000]})
+    parts = encode(msg, max_payload_size=500)
+    got: list[Message] = []
+
+    async def sink(m: Message) -> None:
+        got.append(m)
+
+    r = Reassembler(sink, message_wait_ms=100)
+    for p in parts:  # 7 chunks, 60 ms apart: 420 ms in all, each gap well under 100 ms
+        await r.feed(_delivery(p))
+        await asyncio.sleep(0.06)
+    assert len(got) == 1 and got[0].is_valid and got[0].payload == msg.payload
+
+
 async def test_reassembler_times_out_incomplete_message_as_invalid() -> None:
     msg = Message.request("peaches", MsgOp.SET, {"values": ["z" * 3000]})
     parts = encode(msg, max_payload_size=1000)

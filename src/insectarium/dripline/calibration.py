@@ -11,6 +11,7 @@ refused.
 from __future__ import annotations
 
 import ast
+import functools
 import math
 import operator
 from collections.abc import Callable, Mapping
@@ -80,17 +81,23 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
 }
 
 
+@functools.lru_cache(maxsize=1024)
+def _parse(expression: str) -> ast.expr:
+    """Parsed expressions are cached: a calibration is evaluated on every get and log."""
+    return ast.parse(expression, mode="eval").body
+
+
 class SafeEvaluator:
     def __init__(self, names: Mapping[str, Any] | None = None) -> None:
         self.names = {**DEFAULT_FUNCTIONS, **(names or {})}
 
     def evaluate(self, expression: str) -> Any:
         try:
-            tree = ast.parse(expression.strip(), mode="eval")
+            body = _parse(expression.strip())
         except SyntaxError as exc:
             raise CalibrationError(f"cannot parse {expression!r}: {exc.msg}") from None
         try:
-            return self._eval(tree.body)
+            return self._eval(body)
         except CalibrationError:
             raise
         except OverflowError:

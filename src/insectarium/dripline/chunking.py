@@ -81,7 +81,7 @@ class Reassembler:
         self._on_message = on_message
         self._wait_s = max(message_wait_ms, 1) / 1000.0
         self._pending: dict[str, _Pending] = {}
-        self._finished: dict[str, None] = {}  # recently completed UUIDs (late duplicates dropped)
+        self._finished: dict[str, bool] = {}  # recently completed UUIDs (late duplicates dropped)
         self._tasks: set[asyncio.Task[None]] = set()
 
     @property
@@ -103,16 +103,21 @@ class Reassembler:
 
     def _add_chunk(self, chunk: ChunkId, delivery: Delivery) -> Message | None:
         if chunk.uuid in self._finished:
-            log.warning(
-                "dropping chunk %s of message %s: already processed", chunk.index, chunk.uuid
-            )
+            if not self._finished[chunk.uuid]:  # say it once per message, not once per chunk
+                log.warning("dropping late chunks of message %s: already processed", chunk.uuid)
+                self._finished[chunk.uuid] = True
             return None
+        loop = asyncio.get_running_loop()
         pending = self._pending.get(chunk.uuid)
         if pending is None:
             pending = _Pending(first=delivery, total=chunk.total)
             self._pending[chunk.uuid] = pending
-            loop = asyncio.get_running_loop()
-            pending.timer = loop.call_later(self._wait_s, self._expire, chunk.uuid)
+        # The wait restarts with every chunk that arrives, so a large message that keeps
+        # flowing is not cut off; only a stalled one expires (dripline-cpp counts from the
+        # first chunk, which fails multi-megabyte payloads such as a long snapshot).
+        if pending.timer is not None:
+            pending.timer.cancel()
+        pending.timer = loop.call_later(self._wait_s, self._expire, chunk.uuid)
         if chunk.total != pending.total:
             log.warning(
                 "chunk %s of %s disagrees on the chunk count; ignored", chunk.index, chunk.uuid
@@ -132,7 +137,7 @@ class Reassembler:
         pending = self._pending.pop(uuid, None)
         if pending and pending.timer:
             pending.timer.cancel()
-        self._finished[uuid] = None
+        self._finished[uuid] = False
         while len(self._finished) > 1000:
             self._finished.pop(next(iter(self._finished)))
         return pending

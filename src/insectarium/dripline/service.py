@@ -27,7 +27,7 @@ from .chunking import Delivery, Reassembler
 from .client import Interface
 from .config import Authentication, MeshConfig, load_mesh
 from .connection import Connection, NotConnected
-from .constants import DEFAULT_BROADCAST_KEY
+from .constants import DEFAULT_BROADCAST_KEY, MsgOp
 from .endpoint import Endpoint, Reply, describe, maybe_await
 from .entity import Entity
 from .message import Message
@@ -320,7 +320,13 @@ class Service(Endpoint):
             )
         else:
             reply = await target.handle_request(msg)
-        level = logging.INFO if reply.code < 100 else logging.WARNING
+        # one line per set/cmd (what shifters read back); gets are the bulk of traffic: DEBUG
+        if reply.code >= 100:
+            level = logging.WARNING
+        elif msg.message_operation == MsgOp.GET:
+            level = logging.DEBUG
+        else:
+            level = logging.INFO
         log.log(level, "%s -> %d %s", describe(msg), reply.code, reply.message)
         await self.send_reply(msg, reply)
 
