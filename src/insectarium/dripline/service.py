@@ -327,7 +327,8 @@ class Service(Endpoint):
             level = logging.DEBUG
         else:
             level = logging.INFO
-        log.log(level, "%s -> %d %s", describe(msg), reply.code, reply.message)
+        if log.isEnabledFor(level):
+            log.log(level, "%s -> %d %s", describe(msg), reply.code, reply.message)
         await self.send_reply(msg, reply)
 
     async def send_reply(self, request: Message, reply: Reply) -> None:
