@@ -14,7 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .common import add_connection_options, mesh_overrides, setup_logging, split_arguments
+from .common import (
+    add_connection_options,
+    mesh_overrides,
+    parse_allowing_trailing_values,
+    setup_logging,
+    split_arguments,
+)
 
 # Keys the agent consumes itself; they never reach the payload (dl-agent's list).
 AGENT_KEYS = frozenset(
@@ -231,23 +237,9 @@ async def run(args: argparse.Namespace) -> int:
     return reply.return_code // 100
 
 
-def _is_number(word: str) -> bool:
-    try:
-        float(word)
-    except ValueError:
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    # Values may follow options (`cmd daq -s start_timed_run run1 60`): argparse's subparsers
-    # stop collecting positionals at the first option, so the leftovers are values too.
-    args, extra = parser.parse_known_args(argv)
-    for word in extra:
-        if word.startswith("-") and not _is_number(word):
-            parser.error(f"unrecognized arguments: {word}")
-    args.arguments = [*getattr(args, "arguments", []), *extra]
+    args = parse_allowing_trailing_values(parser, argv, "arguments")
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
     from ..dripline.config import ConfigError
 

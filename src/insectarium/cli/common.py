@@ -85,6 +85,31 @@ def setup_logging(verbose: int, quiet: int, base: int = logging.WARNING) -> None
         logging.getLogger("aio_pika.tools").setLevel(logging.CRITICAL)
 
 
+def parse_allowing_trailing_values(
+    parser: argparse.ArgumentParser, argv: list[str] | None, dest: str
+) -> argparse.Namespace:
+    """Parse, letting values follow options (``cmd daq -s start_timed_run run1 60``).
+
+    argparse's subparsers stop collecting positionals at the first option, so words left over
+    are values too (negative numbers included); anything else that looks like an option is an
+    error.  The leftovers are appended to ``args.<dest>``.
+    """
+    args, rest = parser.parse_known_args(argv)
+    stray = [r for r in rest if r.startswith("-") and not _is_number(r)]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    setattr(args, dest, [*getattr(args, dest, []), *rest])
+    return args
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_scalar(text: str) -> Any:
     """scarab's typing of command-line values: null, bool, number, else string."""
     if text == "":

@@ -37,7 +37,13 @@ import sys
 import uuid
 from typing import Any
 
-from .common import add_connection_options, mesh_overrides, set_address, setup_logging
+from .common import (
+    add_connection_options,
+    mesh_overrides,
+    parse_allowing_trailing_values,
+    set_address,
+    setup_logging,
+)
 
 OPERATIONS = ("get", "set", "cmd")
 DELEGATES = {"serve": "serve", "monitor": "mon"}
@@ -133,21 +139,7 @@ def add_options(parser: argparse.ArgumentParser, *, suppress: bool = False) -> N
 
 def parse(argv: list[str]) -> argparse.Namespace:
     """Parse, letting values come after options (``target v1 --timeout 5 v2``) as dragonfly did."""
-    parser = build_parser()
-    args, rest = parser.parse_known_args(argv)
-    stray = [r for r in rest if r.startswith("-") and not _is_number(r)]
-    if stray:
-        parser.error(f"unrecognized arguments: {' '.join(stray)}")
-    args.values = [*getattr(args, "values", []), *rest]
-    return args
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return parse_allowing_trailing_values(build_parser(), argv, "values")
 
 
 def format_reply(target: str, values: list[Any], reply: Any) -> str:
