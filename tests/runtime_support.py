@@ -5,9 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlparse
 
 import pytest
 
@@ -94,3 +99,62 @@ async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(interval)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def broker_args(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    """CLI options reaching the test broker, with the credentials in an auth file."""
+    u = urlparse(amqp_url)
+    auth = tmp_path_factory.mktemp("cli") / "auth.yaml"
+    auth.write_text(
+        f"dripline:\n  username: {unquote(u.username or 'guest')}\n"
+        f"  password: {unquote(u.password or 'guest')}\n"
+    )
+    return ["-b", u.hostname or "localhost", "-p", str(u.port or 5672), "--auth-file", str(auth)]
+
+
+def run_cli(module: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m insectarium.cli.<module> args…`` and capture its output."""
+    return subprocess.run(
+        [sys.executable, "-m", f"insectarium.cli.{module}", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "HOME": os.environ.get("HOME", "/root")},
+    )
+
+
+@contextlib.contextmanager
+def prefixed_kv_store(
+    broker_args: list[str], directory: Path, prefix: str, is_ready: Callable[[], bool]
+) -> Iterator[str]:
+    """The tutorial key-value store as a ``dl-serve`` process, service and endpoints prefixed
+    with ``prefix`` (so tests never collide), without scheduled logging; yields the prefix."""
+    import yaml
+
+    base = yaml.safe_load((REPO / "files/configs/kv_store_tutorial.yaml").read_text())
+    base["name"] = prefix
+    for ep in base["endpoints"]:
+        ep["name"] = f"{prefix}_{ep['name']}"
+        ep["log_interval"] = 0
+    cfg = directory / "kv.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "insectarium.cli.serve", "-c", str(cfg), *broker_args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not is_ready():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline
+        yield prefix
+    finally:
+        proc.terminate()
+        proc.wait(10)

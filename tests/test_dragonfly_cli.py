@@ -2,75 +2,32 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 import pytest
 
 from insectarium.cli.dragonfly import cast, format_reply, parse, split_target, split_values
 from insectarium.dripline.message import Message
 
-from .runtime_support import unique
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def broker_args(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    u = urlparse(amqp_url)
-    auth = tmp_path_factory.mktemp("dragonfly") / "auth.yaml"
-    auth.write_text(
-        f"dripline:\n  username: {unquote(u.username or 'guest')}\n"
-        f"  password: {unquote(u.password or 'guest')}\n"
-    )
-    return ["-b", u.hostname or "localhost", "-p", str(u.port or 5672), "--auth-file", str(auth)]
+from .runtime_support import REPO, prefixed_kv_store, run_cli, unique
 
 
 def dragonfly(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "insectarium.cli.dragonfly", *args],
-        check=False,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "HOME": os.environ.get("HOME", "/root")},
-    )
+    return run_cli("dragonfly", *args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
 def kv(broker_args: list[str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """The tutorial key-value store as a dl-serve process, under a unique name and prefix."""
-    import yaml
-
-    base = yaml.safe_load((REPO / "files/configs/kv_store_tutorial.yaml").read_text())
     prefix = unique("df")
-    base["name"] = prefix
-    for ep in base["endpoints"]:
-        ep["name"] = f"{prefix}_{ep['name']}"
-        ep["log_interval"] = 0
-    cfg = tmp_path_factory.mktemp("kv") / "kv.yaml"
-    cfg.write_text(yaml.safe_dump(base))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "insectarium.cli.serve", "-c", str(cfg), *broker_args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    deadline = time.monotonic() + 30
-    while (
-        dragonfly(*broker_args, "--strict", "--timeout", "1", "cmd", f"{prefix}.ping").returncode
-        != 0
-    ):
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline
-    yield prefix
-    proc.terminate()
-    proc.wait(10)
+
+    def answers_ping() -> bool:
+        ping = dragonfly(*broker_args, "--strict", "--timeout", "1", "cmd", f"{prefix}.ping")
+        return ping.returncode == 0
+
+    with prefixed_kv_store(broker_args, tmp_path_factory.mktemp("kv"), prefix, answers_ping):
+        yield prefix
 
 
 def test_get_prints_dragonfly_line(kv, broker_args) -> None:
