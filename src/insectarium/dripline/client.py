@@ -24,7 +24,7 @@ from .chunking import Delivery, Reassembler
 from .config import Authentication, MeshConfig, load_mesh
 from .connection import Connection, UnroutableError
 from .constants import MsgOp
-from .message import Message, dump_payload
+from .message import Message
 from .return_codes import ThrowReply, lookup
 
 log = logging.getLogger(__name__)
@@ -151,15 +151,6 @@ class Interface:
         await self.start()
         assert self._reply_queue is not None
         request.reply_to = self._reply_queue.name
-        size = len(dump_payload(request.payload))
-        if size > self.mesh.max_payload_size:
-            log.warning(
-                "request to %s is %d bytes and goes out in %d chunks; services built on "
-                "dripline-cpp (dripline-python 5) crash on multi-chunk requests",
-                request.routing_key,
-                size,
-                -(-size // self.mesh.max_payload_size),
-            )
         timeout = self.timeout_s if timeout_s is None else timeout_s
         inbox: asyncio.Queue[Message] = asyncio.Queue()
         self._waiting[request.correlation_id] = inbox

@@ -154,7 +154,15 @@ class Connection:
             exchange = self.exchange_for(msg)
         if exchange is None:
             raise RuntimeError("connection is not open")
-        for amqp_message in encode(msg, self.mesh.max_payload_size):
+        chunks = encode(msg, self.mesh.max_payload_size)
+        if len(chunks) > 1 and msg.is_request:
+            log.warning(
+                "request to %s goes out in %d chunks; services built on dripline-cpp "
+                "(dripline-python 5) crash on multi-chunk requests",
+                msg.routing_key,
+                len(chunks),
+            )
+        for amqp_message in chunks:
             try:
                 await exchange.publish(
                     amqp_message, routing_key=msg.routing_key, mandatory=mandatory
