@@ -76,6 +76,7 @@ def raw_request(
 async def test_request_from_interface_on_the_wire(raw: RawClient, amqp_url: str) -> None:
     target = unique("wire_target")
     queue = raw.declare_queue()
+    raw.declare_exchange("requests")  # the test may be the first user of a fresh broker
     raw.bind(queue, "requests", f"{target}.#")
     raw.consume(queue)
     async with Interface(
