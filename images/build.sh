@@ -2,14 +2,25 @@
 # Build the local base images used by the docker lab and molecule, without any image registry:
 #   local/debian:bookworm          mmdebstrap | docker import (tini as ENTRYPOINT, sleep infinity)
 #   local/debian:bookworm-systemd  docker build FROM the above (systemd as PID 1)
-# Images that already exist are kept; pass --force to rebuild.
+#   local/debian:bookworm-vagrant  (with --vagrant) FROM the systemd image: sshd, user vagrant with
+#                                  sudo and Vagrant's insecure key, for Vagrant's docker provider
+# Images that already exist are kept; pass --force to rebuild. The vagrant image is also rebuilt
+# when its recipe (vagrant.Dockerfile, the key) changed: its label insectarium.recipe holds a hash.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 force=0
-[[ "${1:-}" == "--force" ]] && force=1
+vagrant=0
+for arg in "$@"; do
+    case "$arg" in
+        --force) force=1 ;;
+        --vagrant) vagrant=1 ;;
+        *) echo "usage: images/build.sh [--force] [--vagrant]" >&2; exit 2 ;;
+    esac
+done
 
 BASE=local/debian:bookworm
 SYSTEMD=local/debian:bookworm-systemd
+VAGRANT=local/debian:bookworm-vagrant
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
@@ -61,4 +72,33 @@ if [[ $force == 1 ]] || ! have "$SYSTEMD"; then
     echo "images: $SYSTEMD built in $((SECONDS - start)) s"
 else
     echo "images: $SYSTEMD exists (use --force to rebuild)"
+fi
+
+# Vagrant's insecure public key from the installed vagrant package (the matching private key is
+# the one Vagrant uses to reach a fresh box).
+vagrant_pubkey() {
+    local k
+    for k in /usr/share/rubygems-integration/all/gems/vagrant-*/keys/vagrant.pub \
+        /opt/vagrant/embedded/gems/gems/vagrant-*/keys/vagrant.pub; do
+        [[ -r $k ]] && { echo "$k"; return 0; }
+    done
+    return 1
+}
+
+if [[ $vagrant == 1 ]]; then
+    key="$(vagrant_pubkey)" || { echo "images: vagrant is not installed (./lab bootstrap)" >&2; exit 1; }
+    recipe="$(cat "$here/vagrant.Dockerfile" "$key" | sha256sum | cut -c1-16)"
+    current="$(docker image inspect -f '{{ index .Config.Labels "insectarium.recipe" }}' "$VAGRANT" 2>/dev/null || true)"
+    if [[ $force == 1 || "$current" != "$recipe" ]]; then
+        echo "images: building $VAGRANT (recipe $recipe)"
+        start=$SECONDS
+        ctx="$(mktemp -d)"
+        trap 'rm -rf "$ctx"' EXIT
+        cp "$here/vagrant.Dockerfile" "$ctx/Dockerfile"
+        cp "$key" "$ctx/vagrant.pub"
+        docker build --quiet --label "insectarium.recipe=$recipe" -t "$VAGRANT" "$ctx" >/dev/null
+        echo "images: $VAGRANT built in $((SECONDS - start)) s"
+    else
+        echo "images: $VAGRANT is up to date (recipe $recipe)"
+    fi
 fi
