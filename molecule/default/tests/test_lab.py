@@ -1,20 +1,19 @@
 """Verify the three-host lab: broker, database, services, clients and a virtual run across hosts.
 
-Run by molecule's testinfra verifier (docker backend through the molecule inventory).
+Run by molecule's testinfra verifier on the containers, and by `./lab verify --target vagrant`
+over SSH on the Vagrant hosts: the `broker`, `db` and `services` fixtures (conftest.py) pick the
+hosts from the inventory's groups.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
 from pathlib import Path
 
 import pytest
-import testinfra
 
-INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 REPO = Path(__file__).resolve().parents[3]
 PROGRAMS = [
     "not-glenlivet",
@@ -25,25 +24,6 @@ PROGRAMS = [
     "not-generic_daq",
 ]
 DATA_DIR = "/var/lib/insectarium/data"
-
-
-def _host(name: str):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
-
-
-@pytest.fixture(scope="module")
-def broker():
-    return _host("rabbit-broker")
-
-
-@pytest.fixture(scope="module")
-def db():
-    return _host("sc-db")
-
-
-@pytest.fixture(scope="module")
-def services():
-    return _host("glenlivet")
 
 
 def psql(db, sql: str) -> str:
