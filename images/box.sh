@@ -178,6 +178,11 @@ VF
     mv "$work/disk.qcow2" "$work/$BOX_NAME.libvirt.box" "$dir/"
     echo "$hash" >"$dir/recipe"
     link "$hash"
+    # Builds of older recipes are not used any more (about 0.5 GB each).
+    local old
+    for old in "$BOX_DIR"/[0-9a-f]*; do
+        [[ -d $old && $old != "$dir" && -f $old/recipe ]] && rm -rf "$old"
+    done
     echo "box: built $dir in $((SECONDS - start)) s"
 }
 
