@@ -180,8 +180,8 @@ VF
     link "$hash"
     # Builds of older recipes are not used any more (about 0.5 GB each).
     local old
-    for old in "$BOX_DIR"/[0-9a-f]*; do
-        [[ -d $old && $old != "$dir" && -f $old/recipe ]] && rm -rf "$old"
+    for old in "$BOX_DIR"/*; do
+        [[ ${old##*/} =~ ^[0-9a-f]{16}$ && ! -L $old && $old != "$dir" && -f $old/recipe ]] && rm -rf "$old"
     done
     echo "box: built $dir in $((SECONDS - start)) s"
 }
