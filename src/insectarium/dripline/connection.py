@@ -180,6 +180,26 @@ class Connection:
             await self.connection.close()
 
     # ----------------------------------------------------------------- publishing
+    async def _publish_chunk(
+        self, exchange: AbstractExchange, message: aio_pika.Message, key: str, mandatory: bool
+    ) -> None:
+        """Publish, waiting (briefly) for a channel the broker just closed to be reopened.
+
+        A refused publish closes its channel; aio-pika reopens it by itself, and the next
+        message must not fail in between just because the reopening is still under way.
+        """
+        for attempt in range(1, 6):
+            try:
+                await exchange.publish(message, routing_key=key, mandatory=mandatory)
+                return
+            except aiormq.exceptions.ChannelInvalidStateError:
+                channel = exchange.channel
+                if attempt == 5 or self.connection is None or self.connection.is_closed:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+                if isinstance(channel, AbstractRobustChannel):
+                    await asyncio.wait_for(channel.ready(), timeout=5)
+
     def exchange_for(self, msg: Message) -> AbstractExchange:
         exchange = self.alerts_exchange if msg.is_alert else self.requests_exchange
         if exchange is None:
@@ -212,9 +232,7 @@ class Connection:
             )
         for amqp_message in chunks:
             try:
-                await exchange.publish(
-                    amqp_message, routing_key=msg.routing_key, mandatory=mandatory
-                )
+                await self._publish_chunk(exchange, amqp_message, msg.routing_key, mandatory)
             except aio_pika.exceptions.DeliveryError as exc:
                 frame = getattr(exc, "frame", None)
                 why = getattr(frame, "reply_text", None) or "NO_ROUTE"
