@@ -26,7 +26,7 @@ from insectarium.dripline.config import MeshConfig
 from insectarium.dripline.connection import Connection, PublishRefused
 from insectarium.services.kv_store import KeyValueStore
 
-from .runtime_support import REPO, mesh_for, run_cli, running, unique
+from .runtime_support import REPO, mesh_for, run_cli, running
 
 _spec = importlib.util.spec_from_file_location(
     "dripline_permissions", REPO / "roles/rabbitmq/filter_plugins/dripline_permissions.py"
@@ -257,6 +257,7 @@ async def test_forged_value_never_reaches_the_logger(lab: Lab, tmp_path: Path) -
         async with running(svc):
             await svc.send_alert(f"sensor_value.{lab.peaches}", 1.25)
         key, body = await _next_value(queue)
+        assert key == f"sensor_value.{lab.peaches}"
         assert b"31337" not in body and b"1.25" in body, body  # the first one is the real one
     finally:
         await conn.close()
