@@ -23,7 +23,7 @@ import pytest
 
 from insectarium.dripline import Authentication, Interface, Service
 from insectarium.dripline.config import MeshConfig
-from insectarium.dripline.connection import Connection, PublishRefused
+from insectarium.dripline.connection import BrokerUnavailable, Connection, PublishRefused
 from insectarium.services.kv_store import KeyValueStore
 
 from .runtime_support import REPO, mesh_for, run_cli, running
@@ -376,3 +376,9 @@ async def test_admin_cannot_use_the_mesh(lab: Lab) -> None:
         await channel.declare_queue("", exclusive=True)
 
     await refused(lab, lab.admin, consume)
+
+
+async def test_admin_account_cannot_run_a_client(lab: Lab) -> None:
+    conn = Connection(lab.mesh, lab.admin.auth().dripline)
+    with pytest.raises(BrokerUnavailable, match="does not let user .* use the dripline exchanges"):
+        await conn.connect()

@@ -141,15 +141,23 @@ class Connection:
         self.channel = await self.connection.channel(publisher_confirms=False)
         self.channel.close_callbacks.add(self._on_channel_close)
         self.alerts_channel = await self.connection.channel(publisher_confirms=True)
-        self._confirm_requests = await self.declare_exchange(
-            self.confirm_channel, self.mesh.requests_exchange
-        )
-        self.requests_exchange = await self.declare_exchange(
-            self.channel, self.mesh.requests_exchange
-        )
-        self.alerts_exchange = await self.declare_exchange(
-            self.alerts_channel, self.mesh.alerts_exchange
-        )
+        try:
+            self._confirm_requests = await self.declare_exchange(
+                self.confirm_channel, self.mesh.requests_exchange
+            )
+            self.requests_exchange = await self.declare_exchange(
+                self.channel, self.mesh.requests_exchange
+            )
+            self.alerts_exchange = await self.declare_exchange(
+                self.alerts_channel, self.mesh.alerts_exchange
+            )
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            await self.connection.close()
+            raise BrokerUnavailable(
+                f"broker {self.url_for_humans} does not let user "
+                f"{self._credentials.username!r} use the dripline exchanges: "
+                f"{exc.args[0] if exc.args else exc}"
+            ) from None
         self.connected.set()
         log.info("connected to %s", self.url_for_humans)
 
