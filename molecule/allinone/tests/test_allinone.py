@@ -20,7 +20,7 @@ SCENARIO = Path(__file__).resolve().parents[1]
 REPO = SCENARIO.parents[1]
 SECRETS = yaml.safe_load((REPO / "inventories/docker/group_vars/all/secrets.yml").read_text())
 CA = "/etc/insectarium/tls/ca.pem"
-HOST = "insectarium-aio"
+HOST = os.environ.get("INSECTARIUM_AIO_NAME") or "insectarium-aio"  # inventory name
 PROGRAMS = [
     "not-glenlivet",
     "not-sc_db",
@@ -33,7 +33,7 @@ PROGRAMS = [
 
 @pytest.fixture(scope="module")
 def aio():
-    return testinfra.get_host(f"ansible://insectarium-aio?ansible_inventory={INVENTORY}")
+    return testinfra.get_host(f"ansible://{HOST}?ansible_inventory={INVENTORY}")
 
 
 def test_no_systemd(aio):
