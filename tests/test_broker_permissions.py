@@ -380,5 +380,5 @@ async def test_admin_cannot_use_the_mesh(lab: Lab) -> None:
 
 async def test_admin_account_cannot_run_a_client(lab: Lab) -> None:
     conn = Connection(lab.mesh, lab.admin.auth().dripline)
-    with pytest.raises(BrokerUnavailable, match="does not let user .* use the dripline exchanges"):
+    with pytest.raises(BrokerUnavailable, match=r"does not let user .* use the dripline exchanges"):
         await conn.connect()
