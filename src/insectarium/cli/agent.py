@@ -146,7 +146,7 @@ def save_payload(path: str, payload: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     from ..dripline import Authentication, ConfigError, Interface, Message, MsgOp
     from ..dripline.config import load_file, load_mesh
-    from ..dripline.connection import BrokerUnavailable, Connection
+    from ..dripline.connection import BrokerUnavailable, Connection, PublishRefused
 
     file_cfg: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -215,7 +215,11 @@ async def run(args: argparse.Namespace) -> int:
             conn = Connection(mesh, auth.dripline, name="dl-agent")
             await conn.connect()
             try:
-                await conn.publish(msg)
+                # confirmed, so that a routing key this user may not use is an error here
+                await conn.publish(msg, confirm=True)
+            except PublishRefused as exc:
+                print(f"dl-agent: {op} not sent: {exc}", file=sys.stderr)
+                return 4  # 403 client_error_unable_to_send // 100
             finally:
                 await conn.close()
             return 0

@@ -38,6 +38,17 @@ def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool = 
     g.add_argument("--max-payload", type=int, default=d, help="max payload bytes per chunk (10000)")
     g.add_argument("--heartbeat-routing-key", default=d)
     g.add_argument("--max-connection-attempts", type=int, default=d)
+    t = parser.add_argument_group("TLS (amqps; or give -b amqps://host[:port])")
+    t.add_argument(
+        "--tls",
+        action="store_const",
+        const=True,
+        default=d,
+        help="connect with TLS (port 5671 unless -p), verifying the broker's certificate",
+    )
+    t.add_argument("--tls-ca-file", default=d, help="CA certificate(s) to verify the broker with")
+    t.add_argument("--tls-cert-file", default=d, help="client certificate (PEM), if required")
+    t.add_argument("--tls-key-file", default=d, help="key of the client certificate (PEM)")
     o = parser.add_argument_group("general")
     o.add_argument("-c", "--config", default=d, help="YAML/JSON configuration file")
     o.add_argument(
@@ -71,6 +82,10 @@ def mesh_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "max_payload": "max_payload_size",
         "heartbeat_routing_key": "heartbeat_routing_key",
         "max_connection_attempts": "max_connection_attempts",
+        "tls": "tls",
+        "tls_ca_file": "tls_ca_file",
+        "tls_cert_file": "tls_cert_file",
+        "tls_key_file": "tls_key_file",
     }
     return {k: getattr(args, a) for a, k in mapping.items() if getattr(args, a, None) is not None}
 

@@ -7,7 +7,11 @@
 
 It reads the database directly (no broker needed), so it still works when the services are down.
 Connection: ``--dsn``, or ``--host/--port/--dbname`` with the user and password of the auth file
-group ``postgres`` (``--auth-file``) or ``POSTGRES_USER``/``POSTGRES_PASSWORD``.
+group ``postgres`` (``--auth-file``, default ``~/.dripline_authentications.yaml``) or
+``POSTGRES_USER``/``POSTGRES_PASSWORD``.  That group may also say where the database is and how
+to reach it (``host``, ``port``, ``dbname``, ``sslmode``, ``sslrootcert``, ``sslcert``,
+``sslkey``): the lab writes it so for its shifter account, so ``insectarium runs`` needs no
+options.  Options and ``PG*`` variables win over the file.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ if TYPE_CHECKING:
 DATA_DIR_ENV = "INSECTARIUM_DATA_DIR"
 DEFAULT_DATA_DIR = "/var/lib/insectarium/data"
 DATA_TABLES = ("endpoint_numeric_data", "endpoint_string_data", "endpoint_json_data")
+DB_TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -44,19 +49,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument(
         "--host",
-        default=os.environ.get("PGHOST", "localhost"),
-        help="database server (default $PGHOST or localhost)",
+        default=os.environ.get("PGHOST"),
+        help="database server (default $PGHOST, the auth file's postgres.host, or localhost)",
     )
     db.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("PGPORT", "5432")),
-        help="database port (default $PGPORT or 5432)",
+        default=int(os.environ["PGPORT"]) if os.environ.get("PGPORT") else None,
+        help="database port (default $PGPORT, the auth file's postgres.port, or 5432)",
     )
     db.add_argument(
         "--dbname",
-        default=os.environ.get("PGDATABASE", "sc_db"),
-        help="database name (default $PGDATABASE or sc_db)",
+        default=os.environ.get("PGDATABASE"),
+        help="database name (default $PGDATABASE, the auth file's postgres.dbname, or sc_db)",
     )
     db.add_argument(
         "--auth-file",
@@ -109,15 +114,21 @@ def conninfo(args: argparse.Namespace) -> str:
 
     from insectarium.dripline.config import Authentication
 
-    params: dict[str, Any] = (
-        dict(conninfo_to_dict(args.dsn))
-        if args.dsn
-        else {"host": args.host, "port": args.port, "dbname": args.dbname}
-    )
+    auth = Authentication.load(args.auth_file)
+    group = auth.groups.get("postgres", {})
+    if args.dsn:
+        params: dict[str, Any] = dict(conninfo_to_dict(args.dsn))
+    else:
+        given = {"host": args.host, "port": args.port, "dbname": args.dbname}
+        defaults = {"host": "localhost", "port": 5432, "dbname": "sc_db"}
+        params = {k: v if v is not None else group.get(k) or defaults[k] for k, v in given.items()}
     if "user" not in params or "password" not in params:
-        creds = Authentication.load(args.auth_file).postgres
+        creds = auth.postgres
         params.setdefault("user", creds.username)
         params.setdefault("password", creds.password)
+    for key in DB_TLS_KEYS:  # how to reach the server securely (libpq's names)
+        if group.get(key) and key not in params and not os.environ.get(f"PG{key.upper()}"):
+            params[key] = group[key]
     params.setdefault("connect_timeout", 5)
     return make_conninfo(**params)
 

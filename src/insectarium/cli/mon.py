@@ -81,8 +81,13 @@ def describe_line(msg: Any, exchange: str) -> str:
     return " ".join(parts)
 
 
+class BindRefused(PermissionError):
+    """The broker refused a binding (topic permissions of this user)."""
+
+
 async def monitor(args: argparse.Namespace) -> int:
     import aio_pika
+    import aiormq
     from rich.console import Console
 
     from ..dripline import Authentication
@@ -126,10 +131,18 @@ async def monitor(args: argparse.Namespace) -> int:
         await reassembler.feed(Delivery.from_incoming(incoming))
 
     queue = await conn.channel.declare_queue("", exclusive=True, auto_delete=True)
-    for key in args.requests_keys:
-        await queue.bind(mesh.requests_exchange, routing_key=key)
-    for key in args.alerts_keys:
-        await queue.bind(mesh.alerts_exchange, routing_key=key)
+    bindings = [(mesh.requests_exchange, k) for k in args.requests_keys] + [
+        (mesh.alerts_exchange, k) for k in args.alerts_keys
+    ]
+    for exchange_name, key in bindings:
+        try:
+            await queue.bind(exchange_name, routing_key=key)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            await conn.close()
+            raise BindRefused(
+                f"the broker refused to let user {auth.dripline.username!r} watch {key!r} on "
+                f"{exchange_name!r}: {exc.args[0] if exc.args else exc}"
+            ) from None
     await queue.consume(on_delivery, no_ack=True)
     keys = [f"requests:{k}" for k in args.requests_keys] + [f"alerts:{k}" for k in args.alerts_keys]
     print(
@@ -154,13 +167,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 4
+    from ..dripline.config import ConfigError
     from ..dripline.connection import BrokerUnavailable
 
     try:
         return asyncio.run(monitor(args))
+    except ConfigError as exc:
+        print(f"dl-mon: configuration error:\n{exc}", file=sys.stderr)
+        return 4
     except BrokerUnavailable as exc:
         print(f"dl-mon: {exc}", file=sys.stderr)
         return 1
+    except BindRefused as exc:
+        print(f"dl-mon: {exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         return 0
 
