@@ -80,6 +80,7 @@ class Console:
         self.pool: Any = None
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.globals.update(title=config.title)
+        self.templates.env.filters["value"] = _fmt_value
 
     # ------------------------------------------------------------------ database
     def conninfo(self) -> str:
@@ -416,6 +417,12 @@ def _parse(value: str | None, what: str) -> dt.datetime:
     except ValueError:
         raise ValueError(f"{what} {value[:40]!r} is not an ISO date/time") from None
     return t.astimezone(dt.UTC).replace(tzinfo=None) if t.tzinfo else t
+
+
+def _fmt_value(v: Any) -> str:
+    from ..report.render import fmt_value
+
+    return fmt_value(v)
 
 
 def _utcnow() -> dt.datetime:
