@@ -320,12 +320,16 @@ _SUMMARY_NUMERIC = sql.SQL(
         WHERE bucket >= %(a)s AND bucket < %(b)s
         GROUP BY endpoint_id
         UNION ALL
-        SELECT endpoint_id, count(*), count(value_raw), min(value_raw), max(value_raw),
-               sum(value_raw), count(value_cal), min(value_cal), max(value_cal), sum(value_cal)
-        FROM public.endpoint_numeric_data
-        WHERE ("timestamp" >= %(start)s AND "timestamp" < %(a)s)
-           OR ("timestamp" >= %(b)s AND "timestamp" <= %(end)s)
-        GROUP BY endpoint_id
+        SELECT m.endpoint_id, e.*
+        FROM public.endpoint_id_map AS m CROSS JOIN LATERAL (
+            SELECT count(*), count(value_raw), min(value_raw), max(value_raw), sum(value_raw),
+                   count(value_cal), min(value_cal), max(value_cal), sum(value_cal)
+            FROM public.endpoint_numeric_data AS d
+            WHERE d.endpoint_id = m.endpoint_id
+              AND (("timestamp" >= %(start)s AND "timestamp" < %(a)s)
+                   OR ("timestamp" >= %(b)s AND "timestamp" <= %(end)s))
+        ) AS e
+        WHERE m.type = 'numeric'
     )
     SELECT endpoint_id, sum(n), sum(raw_n), min(raw_min), max(raw_max),
            sum(raw_sum) / nullif(sum(raw_n), 0), sum(cal_n), min(cal_min), max(cal_max),
@@ -374,23 +378,34 @@ async def run_summary(
         cur = await conn.execute(query, (start, end))
         for eid, n in await cur.fetchall():
             stats[eid] = {"count": int(n), "field": "value_raw"}
-    out = []
-    for eid, st in stats.items():
-        endpoint = known.get(eid)
-        if endpoint is None or not st["count"]:
+    stats = {eid: st for eid, st in stats.items() if st["count"] and eid in known}
+    ends: dict[int, dict[str, Any]] = {}
+    for kind, table in DATA_TABLES.items():
+        ids = [eid for eid in stats if known[eid].type == kind]
+        if not ids:
             continue
-        table = sql.Identifier("public", DATA_TABLES[endpoint.type])
-        ends = {}
-        for which, order in (("first", sql.SQL("ASC")), ("last", sql.SQL("DESC"))):
-            query = sql.SQL(
-                'SELECT "timestamp", value_raw, value_cal FROM {} WHERE endpoint_id = %s '
-                'AND "timestamp" >= %s AND "timestamp" <= %s ORDER BY "timestamp" {} LIMIT 1'
-            ).format(table, order)
-            row = await (await conn.execute(query, (eid, start, end))).fetchone()
-            if row is not None:
-                t, raw, cal = row
-                value = cal if st["field"] == "value_cal" else raw
-                ends[which] = {"timestamp": iso(t), "value": finite(value)}
-        out.append({"name": endpoint.name, "type": endpoint.type, **st, **ends})
+        # first and last value of each endpoint: two index probes per endpoint, one statement
+        query = sql.SQL(
+            'SELECT e.id, f."timestamp", f.value_raw, f.value_cal, '
+            'l."timestamp", l.value_raw, l.value_cal '
+            "FROM unnest(%(ids)s::int[]) AS e(id) "
+            "CROSS JOIN LATERAL (SELECT * FROM {t} AS d WHERE d.endpoint_id = e.id "
+            'AND "timestamp" >= %(start)s AND "timestamp" <= %(end)s '
+            'ORDER BY "timestamp" LIMIT 1) AS f '
+            "CROSS JOIN LATERAL (SELECT * FROM {t} AS d WHERE d.endpoint_id = e.id "
+            'AND "timestamp" >= %(start)s AND "timestamp" <= %(end)s '
+            'ORDER BY "timestamp" DESC LIMIT 1) AS l'
+        ).format(t=sql.Identifier("public", table))
+        cur = await conn.execute(query, {"ids": ids, "start": start, "end": end})
+        for eid, ft, fraw, fcal, lt, lraw, lcal in await cur.fetchall():
+            cal = stats[eid]["field"] == "value_cal"
+            ends[eid] = {
+                "first": {"timestamp": iso(ft), "value": finite(fcal if cal else fraw)},
+                "last": {"timestamp": iso(lt), "value": finite(lcal if cal else lraw)},
+            }
+    out = [
+        {"name": known[eid].name, "type": known[eid].type, **st, **ends.get(eid, {})}
+        for eid, st in stats.items()
+    ]
     out.sort(key=lambda s: s["name"])
     return out
