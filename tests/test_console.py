@@ -394,6 +394,11 @@ def test_viewers_may_not_operate_and_bad_requests_get_clear_errors(console: Cons
     )
     assert status == 400 and "not an ISO" in json.loads(body)["error"]
     assert console.request("/runs/424242", user="lab", password="operator-pw")[0] == 404
+    status, headers, _ = console.request(
+        "/runs/1/files/..%2F..%2Fetc%2Fpasswd", user="lab", password="operator-pw"
+    )
+    assert status == 404
+    assert headers["x-frame-options"] == "DENY" and headers["x-content-type-options"] == "nosniff"
 
 
 def test_the_console_role_cannot_write(postgres_server: Any, filled: str) -> None:

@@ -55,6 +55,35 @@ WINDOWS = [
     ("30 days", 30 * 86400),
 ]
 PROGRAM_RE = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+#: files of a run directory and reports are shown as documents without any power: no script,
+#: no request anywhere, a unique origin (whoever can write into a run directory cannot reach a
+#: logged-in console through it)
+SANDBOX = "sandbox; default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+SECURITY_HEADERS = [
+    (b"x-frame-options", b"DENY"),
+    (b"x-content-type-options", b"nosniff"),
+    (b"referrer-policy", b"same-origin"),
+]
+
+
+class SecurityHeaders:
+    """Adds the headers every response of the console carries (framing, sniffing, referrers)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + SECURITY_HEADERS
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def plotly_js() -> Path | None:
@@ -246,7 +275,9 @@ class Console:
         if "/" in name or name.startswith(".") or not (directory / name).is_file():
             raise HTTPException(404, f"run {run_id} has no file {name}")
         media = "text/html" if name.endswith(".html") else None
-        return FileResponse(directory / name, media_type=media)
+        return FileResponse(
+            directory / name, media_type=media, headers={"Content-Security-Policy": SANDBOX}
+        )
 
     async def run_report(self, request: Request) -> Response:
         """The run report built now from the database (same as ``insectarium report``)."""
@@ -254,7 +285,9 @@ class Console:
 
         run_id = request.path_params["run_id"]
         report = await asyncio.to_thread(self._report_from_db, run_id)
-        return HTMLResponse(render_html(report, "values.csv"))
+        return HTMLResponse(
+            render_html(report, "values.csv"), headers={"Content-Security-Policy": SANDBOX}
+        )
 
     async def run_csv(self, request: Request) -> Response:
         """Every value of the run as CSV (the report's companion), from the database."""
@@ -504,6 +537,7 @@ def create_app(config: ConsoleConfig) -> Starlette:
     ]
     secure = config.tls is not None or config.secure_cookies
     middleware = [
+        Middleware(SecurityHeaders),
         Middleware(GZipMiddleware, minimum_size=2048),
         Middleware(
             SessionMiddleware,
