@@ -423,3 +423,84 @@ def test_failed_logins_are_throttled(console: ConsoleProcess) -> None:
     assert statuses[:5] == [401] * 5 and statuses[-1] == 429
     # the right password must wait too: the throttle is per client, not per guess
     assert console.request("/api/runs", user="lab", password="operator-pw")[0] == 429
+
+
+def test_with_a_certificate_and_key_the_console_speaks_https_only(
+    postgres_server: Any, filled: str, tmp_path: Path
+) -> None:
+    import shutil
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "console.pem", tmp_path / "console.key"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
+         "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    role, password = console_role(postgres_server, filled)
+    db = psycopg.conninfo.conninfo_to_dict(filled)
+    proc = ConsoleProcess(
+        tmp_path,
+        {
+            "secret_key": uuid.uuid4().hex * 2,
+            "tls": {"cert": str(cert), "key": str(key)},
+            "users": [{"name": "lab", "password": "operator-pw", "role": "operator"}],
+            "database": {
+                "host": db.get("host") or "127.0.0.1",
+                "port": int(db.get("port") or 5432),
+                "dbname": db["dbname"],
+                "user": role,
+                "password": password,
+            },
+        },
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    context.check_hostname = False  # the certificate names 127.0.0.1 as CN only
+
+    def get(url: str, headers: dict[str, str] | None = None) -> int:
+        req = urllib.request.Request(url, headers=headers or {})
+        try:
+            with urllib.request.urlopen(req, timeout=10, context=context) as r:
+                return r.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    # ConsoleProcess probes plain HTTP: start it by hand and probe over TLS
+    import yaml as _yaml
+
+    config = {**proc.config, "listen": {"host": "127.0.0.1", "port": proc.port}}
+    path = tmp_path / "console.yaml"
+    path.write_text(_yaml.safe_dump(config))
+    server = subprocess.Popen(
+        [sys.executable, "-m", "insectarium.console", "-c", str(path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    base = f"https://127.0.0.1:{proc.port}"
+    try:
+        from tests.console_support import wait_for
+
+        wait_for(lambda: _quiet(get, base + "/healthz") == 200, 60, "the console over HTTPS")
+        assert get(base + "/api/runs") == 401
+        import base64
+
+        token = base64.b64encode(b"lab:operator-pw").decode()
+        assert get(base + "/api/runs", {"Authorization": f"Basic {token}"}) == 200
+        with pytest.raises(OSError):  # no plain HTTP on the same port
+            urllib.request.urlopen(f"http://127.0.0.1:{proc.port}/healthz", timeout=5)
+    finally:
+        server.terminate()
+        server.wait(15)
+
+
+def _quiet(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except OSError:
+        return None

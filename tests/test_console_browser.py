@@ -409,6 +409,8 @@ def test_a_finished_virtual_run_its_page_and_its_report(
         "return document.getElementById('plot-chips').data.find(d => d.name === 'chips').y;"
     )
     assert sorted(plotted) == sorted(cal)
+    metadata = browser.find_element(By.ID, "metadata").text
+    assert "DAQ_MODE virtual" in metadata and "run_time 6" in metadata
     files = browser.find_element(By.ID, "files").text
     assert f"rid{run_id:09d}_report.html" in files and f"rid{run_id:09d}_snapshot.json" in files
     shot(browser, "run")

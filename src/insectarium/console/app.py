@@ -252,6 +252,7 @@ class Console:
         state = queries.run_state(row, newest)
         directory = self.run_dir(run_id)
         files = _files(directory)
+        metadata = await asyncio.to_thread(_metadata, directory, run_id)
         return self.page(
             request,
             "run.html",
@@ -259,6 +260,7 @@ class Console:
             state=state,
             summary=summary,
             files=files,
+            metadata=metadata,
             directory=str(directory),
             window_end=queries.iso(end),
             window_start=queries.iso(row["start_timestamp"]),
@@ -466,6 +468,22 @@ def _files(directory: Path) -> list[tuple[str, int]]:
     from ..report.sources import list_files
 
     return list_files(directory)
+
+
+def _metadata(directory: Path, run_id: int) -> dict[str, Any] | None:
+    """The run's ``_meta.json`` (what the DAQ recorded at the start), if readable."""
+    import json
+
+    from ..report.sources import find_file
+
+    path = find_file(directory, "_meta.json", run_id)
+    if path is None or path.stat().st_size > 1_000_000:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def _jsonable(row: dict[str, Any]) -> dict[str, Any]:
