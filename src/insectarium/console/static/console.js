@@ -85,7 +85,7 @@ const Console = (() => {
           el("td", {}, el("span", { class: `badge state-${p.state}`, text: p.state })),
           el("td", { class: "num", text: p.uptime_s === null ? "—" : duration(p.uptime_s) }),
           el("td", { class: "num", text: p.pid || "—" }),
-          el("td", { class: "muted", text: p.spawnerr || p.description }),
+          el("td", { class: "muted", text: p.state === "RUNNING" ? "" : (p.spawnerr || p.description) }),
           el("td", {}, act("start", "Start"), " ", act("stop", "Stop", "danger"), " ",
              act("restart", "Restart"), " ",
              el("button", { class: "small", "data-action": "log", onclick: () => openLog(p) }, "Log")));
