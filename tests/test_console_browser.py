@@ -237,7 +237,6 @@ def test_services_page_lists_the_six_programs_and_stop_start_round_trips(
     rows = browser.find_elements(By.CSS_SELECTOR, "#services tbody tr[data-program]")
     assert sorted(r.get_attribute("data-program") for r in rows) == sorted(names)
     assert {r.get_attribute("data-host") for r in rows} == {"glenlivet"}
-    shot(browser, "services")
 
     target = "not-status_multido"
     stop = browser.find_element(
@@ -267,6 +266,7 @@ def test_services_page_lists_the_six_programs_and_stop_start_round_trips(
         30,
         "the program's log",
     )
+    shot(browser, "services")
 
 
 def test_a_plot_shows_the_values_of_the_database(
