@@ -95,11 +95,16 @@ async def endpoints(conn: AsyncConnection[Any]) -> list[dict[str, Any]]:
 
 
 def bucket_seconds(start: dt.datetime, end: dt.datetime, max_points: int) -> int:
-    """The bucket width that keeps a window under ``max_points`` points, rounded to a nice unit."""
+    """The bucket width that keeps a window under ``max_points`` points.
+
+    Up to 30 s the raw rows are bucketed; beyond, whole minutes (the minute rollup), and beyond
+    half an hour whole hours (the hour rollup): a plot then has between half and all of
+    ``max_points`` points, read from 60 or 3600 times fewer rows.
+    """
     width = max(1, math.ceil((end - start).total_seconds() / max_points))
-    if width < 60:
+    if width <= 30:
         return width
-    if width < 3600:
+    if width <= 1800:
         return math.ceil(width / 60) * 60
     return math.ceil(width / 3600) * 3600
 
