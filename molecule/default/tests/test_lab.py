@@ -378,3 +378,90 @@ def test_virtual_run_across_hosts(services, db):
         return n > 0 and n >= before
 
     assert wait_for(logged, timeout=60)
+
+
+# ------------------------------------------------------------------ lab console
+CONSOLE_PORT = 8080
+# one HTTP request from a lab host, with Python's standard library (no curl in the images)
+HTTP = """
+import base64, json, sys, urllib.error, urllib.request
+url, auth, method = sys.argv[1], sys.argv[2], sys.argv[3]
+req = urllib.request.Request(url, method=method, data=b"{}" if method == "POST" else None)
+req.add_header("Accept", "application/json")
+req.add_header("Content-Type", "application/json")
+if auth:
+    req.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+try:
+    with urllib.request.urlopen(req, timeout=30) as r:
+        print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+"""
+
+
+def _secrets() -> dict:
+    import yaml
+
+    path = REPO / "inventories" / "docker" / "group_vars" / "all" / "secrets.yml"
+    return yaml.safe_load(path.read_text())
+
+
+def http(host, url: str, auth: str = "", method: str = "GET") -> tuple[int, str]:
+    out = host.check_output("python3 -c %s %s %s %s", HTTP, url, auth, method)
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def test_console_answers_401_without_credentials_and_200_with_them(services):
+    url = f"http://127.0.0.1:{CONSOLE_PORT}/api/runs"
+    assert wait_for(lambda: http(services, url)[0] == 401, timeout=60)
+    password = _secrets()["vault_console_lab_password"]
+    status, body = http(services, url, f"lab:{password}")
+    assert status == 200, body
+    assert "molecule_run" in body or "runs" in json.loads(body)
+    assert http(services, url, "lab:wrong-password")[0] == 401
+
+
+def test_console_is_on_the_lab_network_and_shows_the_programs(db):
+    base = f"http://glenlivet:{CONSOLE_PORT}"
+    assert http(db, base + "/healthz")[0] == 200
+    assert http(db, base + "/api/services")[0] == 401
+    password = _secrets()["vault_console_lab_password"]
+    status, body = http(db, base + "/api/services", f"lab:{password}")
+    assert status == 200, body
+    programs = {p["name"]: p["state"] for p in json.loads(body)["programs"]}
+    assert set(PROGRAMS) <= set(programs), body
+    assert json.loads(body)["errors"] == {}
+
+
+def test_console_viewer_may_not_stop_programs(services):
+    password = _secrets()["vault_console_shifter_password"]
+    url = f"http://127.0.0.1:{CONSOLE_PORT}/api/services/glenlivet/not-glenlivet/stop"
+    status, body = http(services, url, f"shifter:{password}", "POST")
+    assert status == 403, body
+    assert "RUNNING" in services.run("supervisorctl status not-glenlivet").stdout
+
+
+def test_console_runs_as_its_own_user_with_a_private_config(services):
+    out = services.check_output("ps -eo user:24,args | grep '[i]nsectarium-console' || true")
+    assert out and all(line.split()[0] == "insectarium-console" for line in out.splitlines())
+    f = services.file("/etc/insectarium/console.yaml")
+    assert (f.user, f.group, f.mode) == ("root", "insectarium-console", 0o640)
+    # it cannot read the services' credentials
+    assert (
+        services.run(
+            "su -s /bin/sh insectarium-console -c 'cat /etc/insectarium/auth/not-sc_db.yaml'"
+        ).rc
+        != 0
+    )
+
+
+def test_console_database_role_is_read_only(db):
+    assert psql(db, "SELECT has_table_privilege('sc_console', 'runs.run_table', 'SELECT')") == "t"
+    for table, priv in (
+        ("runs.run_table", "INSERT"),
+        ("public.endpoint_numeric_data", "INSERT"),
+        ("public.endpoint_id_map", "UPDATE"),
+        ("public.endpoint_numeric_rollup_1m", "DELETE"),
+    ):
+        assert psql(db, f"SELECT has_table_privilege('sc_console', '{table}', '{priv}')") == "f"

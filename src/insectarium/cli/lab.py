@@ -3,6 +3,9 @@
 * ``insectarium runs [--last N]`` — recent runs (id, name, start, end, duration);
 * ``insectarium run RUN_ID`` — one run: its row, the files of its run directory and how many
   values each endpoint logged during the run;
+* ``insectarium report RUN_ID`` — write the run report (HTML with plots + CSV of the values), the
+  same one the DAQ writes at the end of a run: from the database (read-only role), or with
+  ``--from-files`` from the run directory's snapshot alone;
 * ``insectarium db migrate [--seed]`` — apply the SQL migrations (``insectarium.db.migrations``).
 
 It reads the database directly (no broker needed), so it still works when the services are down.
@@ -87,6 +90,33 @@ def build_parser() -> argparse.ArgumentParser:
         "--data-dir",
         default=os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR),
         help=f"data directory of the DAQ (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
+    )
+
+    report = sub.add_parser(
+        "report",
+        help="write a run's report (HTML + CSV)",
+        description="Write <prefix><RUN_ID>_report.html (plots, summary, metadata, files) and "
+        "_values.csv (every value) for a run: from the database, or with --from-files from the "
+        "run directory's end-of-run snapshot (no database needed).",
+    )
+    report.add_argument("run_id", type=int, metavar="RUN_ID")
+    report.add_argument(
+        "--data-dir",
+        default=os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR),
+        help=f"data directory of the DAQ (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
+    )
+    report.add_argument(
+        "--from-files",
+        action="store_true",
+        help="read the run directory's snapshot instead of the database",
+    )
+    report.add_argument(
+        "--out",
+        default=None,
+        help="directory to write into (default: the run directory if writable, else .)",
+    )
+    report.add_argument(
+        "--prefix", default="rid", help="file name prefix (default rid, as the lab's DAQ)"
     )
 
     dbcmd = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
@@ -289,6 +319,36 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from insectarium import report as reports
+
+    if args.run_id < 0:
+        console.print("[red]RUN_ID must not be negative[/red]")
+        return 2
+    directory = reports.run_directory(args.data_dir, args.run_id)
+    if args.from_files:
+        if not directory.is_dir():
+            console.print(f"[red]no run directory {directory}[/red]")
+            return 1
+        built = reports.from_run_directory(directory, args.run_id)
+    else:
+        with connect(args) as conn:
+            try:
+                built = reports.from_database(conn, args.run_id, data_directory=args.data_dir)
+            except LookupError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return 1
+    out = Path(args.out) if args.out else directory
+    if not args.out and not (directory.is_dir() and os.access(directory, os.W_OK)):
+        out = Path.cwd()
+    written = reports.write_report(built, out, f"{args.prefix}{args.run_id:09d}")
+    for path in written:
+        console.print(f"wrote {path}")
+    for note in built.notes:
+        console.print(f"[yellow]note: {note}[/yellow]")
+    return 0
+
+
 def cmd_db(args: argparse.Namespace, console: Console) -> int:
     from insectarium.db import migrations  # lazy: only this command needs it
 
@@ -305,7 +365,7 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = _console()
-    commands = {"runs": cmd_runs, "run": cmd_run, "db": cmd_db}
+    commands = {"runs": cmd_runs, "run": cmd_run, "report": cmd_report, "db": cmd_db}
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a dependency

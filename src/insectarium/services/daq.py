@@ -145,9 +145,11 @@ class GenericDAQProvider(Endpoint):
         set_condition_list: list[int] | None = None,
         daq_mode: str = "virtual",
         request_timeout_s: float = 30.0,
+        write_report: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
+        self.write_report = bool(write_report)  # <prefix><R>_report.html + _values.csv at the end
         if any(sep in filename_prefix for sep in ("/", "\\", "..")):
             raise ValueError(f"{name}: filename_prefix must not contain path separators")
         self.daq_name = daq_name
@@ -382,6 +384,7 @@ class GenericDAQProvider(Endpoint):
                 await self._close_run_row(run_id, end)
             except Exception as exc:
                 problems.append(as_reply_error(exc, "run table not updated"))
+            await self._write_report(run_id, run_name, start, end)
             self._clear()
         if problems:
             first = problems[0]
@@ -402,6 +405,21 @@ class GenericDAQProvider(Endpoint):
             [start, end, self.metadata_target, str(self.run_path(run_id, "_snapshot.json"))],
             timeout_s=self.request_timeout_s,
         )
+
+    async def _write_report(self, run_id: int, name: str | None, start: Any, end: str) -> None:
+        """The run report (HTML + CSV) from the snapshot just written; never fails the run."""
+        if not self.write_report:
+            return
+        from ..report import write_run_report  # lazy: only at the end of a run
+
+        base = run_file_base(self.filename_prefix, run_id)
+        try:
+            await asyncio.to_thread(
+                write_run_report, self.run_directory(run_id), run_id, base,
+                run_name=name, start=start, end=end,
+            )  # fmt: skip
+        except Exception as exc:
+            self.log.error("run %d: report not written: %s", run_id, describe_error(exc))
 
     async def _close_run_row(self, run_id: int, end: str) -> None:
         """``cmd <run_table> -s <end method> run_id=… end_timestamp=…``; 306 (absent) is fine."""
