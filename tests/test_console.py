@@ -290,6 +290,11 @@ def test_config_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
         ({**good, "users": [{"name": "lab", "password": "short"}]}, "users.0.password"),
         ({**good, "secret_key": "short"}, "secret_key"),
         ({**good, "users": [good["users"][0], good["users"][0]]}, "unique"),
+        ({**good, "database": {**good["database"], "sslmode": "verify"}}, "database.sslmode"),
+        (
+            {**good, "database": {**good["database"], "sslrootcert": "/nonexistent/ca.pem"}},
+            "database.sslrootcert",
+        ),
         ({**good, "tls": {"cert": "/nonexistent.pem", "key": "/nonexistent.key"}}, "tls.cert"),
     ):
         path.write_text(yaml.safe_dump(bad))

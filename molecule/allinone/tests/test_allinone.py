@@ -201,35 +201,37 @@ def test_diff_output_holds_no_secret(aio, tmp_path):
     leaked = [v for v in _values(SECRETS) + _values(rotated) if v in out]
     assert not leaked, f"{len(leaked)} secret value(s) in the --diff output"
     assert "PRIVATE KEY" not in out and key.strip() not in out
-def test_console_answers_401_without_credentials_and_200_with_them(aio):
-    from pathlib import Path
 
-    import yaml
 
-    secrets = yaml.safe_load(
-        (
-            Path(__file__).resolve().parents[3] / "inventories/docker/group_vars/all/secrets.yml"
-        ).read_text()
-    )
+def test_console_speaks_https_only_behind_a_login(aio):
+    """With the TLS switch on, the console serves HTTPS with the host's lab certificate (checked
+    against the lab CA and the host name), answers 401 without credentials and 200 with them, and
+    plain HTTP gets no page."""
     script = (
-        "import base64, sys, urllib.error, urllib.request\n"
+        "import base64, ssl, sys, urllib.error, urllib.request\n"
+        "ctx = ssl.create_default_context(cafile=sys.argv[3])\n"
         "req = urllib.request.Request(sys.argv[1], headers={'Accept': 'application/json'})\n"
         "if sys.argv[2]:\n"
         "    token = base64.b64encode(sys.argv[2].encode()).decode()\n"
         "    req.add_header('Authorization', 'Basic ' + token)\n"
         "try:\n"
-        "    print(urllib.request.urlopen(req, timeout=30).status)\n"
+        "    print(urllib.request.urlopen(req, timeout=30, context=ctx).status)\n"
         "except urllib.error.HTTPError as e:\n"
         "    print(e.code)\n"
     )
-    url = "http://127.0.0.1:8080/api/services"
+    # the lab address: the console listens there, not on every address
+    url = f"https://{HOST}:8080/api/services"
     deadline = time.monotonic() + 60
     status = ""
     while time.monotonic() < deadline:
-        status = aio.run("python3 -c %s %s %s", script, url, "").stdout.strip()
+        status = aio.run("python3 -c %s %s '' %s", script, url, CA).stdout.strip()
         if status == "401":
             break
         time.sleep(2)
     assert status == "401"
-    auth = f"lab:{secrets['vault_console_lab_password']}"
-    assert aio.check_output("python3 -c %s %s %s", script, url, auth).strip() == "200"
+    auth = f"lab:{SECRETS['vault_console_lab_password']}"
+    assert aio.check_output("python3 -c %s %s %s %s", script, url, auth, CA).strip() == "200"
+    plain = aio.run("python3 -c %s %s '' %s", script, f"http://{HOST}:8080/api/services", CA)
+    assert plain.stdout.strip() not in ("200", "401"), plain.stdout
+    key = aio.file("/etc/insectarium/console-tls/console.key")
+    assert (key.user, key.group, key.mode) == ("root", "insectarium-console", 0o640)

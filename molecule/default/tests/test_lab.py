@@ -413,13 +413,20 @@ def http(host, url: str, auth: str = "", method: str = "GET") -> tuple[int, str]
 
 
 def test_console_answers_401_without_credentials_and_200_with_them(services):
-    url = f"http://127.0.0.1:{CONSOLE_PORT}/api/runs"
+    url = f"http://glenlivet:{CONSOLE_PORT}/api/runs"
     assert wait_for(lambda: http(services, url)[0] == 401, timeout=60)
     password = _secrets()["vault_console_lab_password"]
     status, body = http(services, url, f"lab:{password}")
     assert status == 200, body
     assert "molecule_run" in body or "runs" in json.loads(body)
     assert http(services, url, "lab:wrong-password")[0] == 401
+
+
+def test_console_listens_on_the_lab_address_only(services):
+    assert not services.socket(f"tcp://0.0.0.0:{CONSOLE_PORT}").is_listening
+    assert not services.socket(f"tcp://127.0.0.1:{CONSOLE_PORT}").is_listening
+    address = services.check_output("getent hosts glenlivet").split()[0]
+    assert services.socket(f"tcp://{address}:{CONSOLE_PORT}").is_listening
 
 
 def test_console_is_on_the_lab_network_and_shows_the_programs(db):
@@ -436,7 +443,7 @@ def test_console_is_on_the_lab_network_and_shows_the_programs(db):
 
 def test_console_viewer_may_not_stop_programs(services):
     password = _secrets()["vault_console_shifter_password"]
-    url = f"http://127.0.0.1:{CONSOLE_PORT}/api/services/glenlivet/not-glenlivet/stop"
+    url = f"http://glenlivet:{CONSOLE_PORT}/api/services/glenlivet/not-glenlivet/stop"
     status, body = http(services, url, f"shifter:{password}", "POST")
     assert status == 403, body
     assert "RUNNING" in services.run("supervisorctl status not-glenlivet").stdout

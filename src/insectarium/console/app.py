@@ -129,6 +129,7 @@ class Console:
             connect_timeout=max(1, round(db.connect_timeout_s)),
             application_name="insectarium-console",
             options=options,
+            **{k: v for k, v in (("sslmode", db.sslmode), ("sslrootcert", db.sslrootcert)) if v},
         )
 
     @contextlib.asynccontextmanager

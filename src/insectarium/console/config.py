@@ -13,7 +13,8 @@ that), and no password is ever shown in an error.
     users:
       - {name: lab, password: ..., role: operator}     # may start/stop programs
       - {name: shifter, password: ..., role: viewer}   # may look
-    database: {host: sc-db, port: 5432, dbname: sc_db, user: sc_console, password: ...}
+    database: {host: sc-db, port: 5432, dbname: sc_db, user: sc_console, password: ...,
+               sslmode: verify-full, sslrootcert: /etc/insectarium/tls/ca.pem}   # TLS: optional
     supervisors:
       - {host: glenlivet, url: http://127.0.0.1:9001/RPC2, username: lab, password: ...}
     data_directory: /var/lib/insectarium/data
@@ -73,6 +74,13 @@ class Database(_Strict):
     #: a statement running longer is cancelled (a console page must never hog the database)
     statement_timeout_s: float = Field(20.0, gt=0)
     pool_size: int = Field(4, ge=1, le=32)
+    #: libpq's sslmode; the lab's TLS switch sets ``verify-full`` (the server then accepts
+    #: ``hostssl`` connections only, and the console checks the server's certificate and name)
+    sslmode: Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"] | None = (
+        None
+    )
+    #: the CA that signed the database server's certificate (for ``verify-ca``/``verify-full``)
+    sslrootcert: str | None = None
 
 
 class Supervisor(_Strict):
@@ -146,4 +154,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> ConsoleConfig:
                 raise ConfigError(
                     f"{file} is not a readable file", source=source, key=f"tls.{which}"
                 )
+    rootcert = config.database.sslrootcert
+    if rootcert and not Path(rootcert).is_file():
+        raise ConfigError(
+            f"{rootcert} is not a readable file", source=source, key="database.sslrootcert"
+        )
     return config
