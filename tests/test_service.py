@@ -339,8 +339,14 @@ async def test_calibration_failure_is_304(mesh, auth, client) -> None:
     async with running(svc):
         assert (await client.request(f"{name}_v", MsgOp.GET, {})).return_code == 304
         assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}
-        await client.set(f"{name}_d", 7)
-        assert (await client.request(f"{name}_d", MsgOp.GET, {})).return_code == 304
+        # a value the calibration cannot handle is refused and NOT stored (dripline-python
+        # stores it and then fails every get)
+        refused = await client.request(f"{name}_d", MsgOp.SET, {"values": [7]})
+        assert refused.return_code == 304 and "not in calibration dict" in refused.return_message
+        assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}
+        refused = await client.request(f"{name}_d", MsgOp.CMD, {"values": [7]}, specifier="on_set")
+        assert refused.return_code == 304
+        assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}
 
 
 async def test_service_level_get_and_entity_alert_payload_json(lab, client) -> None:

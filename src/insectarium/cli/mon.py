@@ -119,7 +119,9 @@ async def monitor(args: argparse.Namespace) -> int:
         if args.count and seen >= args.count:
             done.set()
 
-    reassembler = Reassembler(show)
+    reassembler = Reassembler(
+        show, max_message_size=mesh.max_message_size, max_payload_size=mesh.max_payload_size
+    )
 
     async def on_delivery(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
         exchanges[incoming.routing_key or ""] = incoming.exchange

@@ -17,9 +17,10 @@ from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 
-from .chunking import Delivery, Reassembler
+from .chunking import Delivery
 from .message import Message
 from .service import Service
+from .throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,9 @@ class AlertConsumer(Service):
         self.alert_prefetch_count = alert_prefetch_count
         self._alert_queue: AbstractQueue | None = None
         self._alert_consumer_tag: str | None = None
-        self._alert_reassembler = Reassembler(self._on_alert, self.message_wait_ms)
+        self._alert_reassembler = self.make_reassembler(self._on_alert)
+        self._undecodable = LogThrottle(log)
+        self._unparsed = LogThrottle(log)
 
     async def setup_consumers(self) -> None:
         assert self.connection is not None and self.connection.connection is not None
@@ -94,7 +97,7 @@ class AlertConsumer(Service):
 
     async def _on_alert(self, msg: Message) -> None:
         if not msg.is_valid:
-            log.warning("dropping undecodable alert on %s: %s", msg.routing_key, msg.error)
+            self._undecodable("dropping undecodable alert on %s: %s", msg.routing_key, msg.error)
             return
         await self.process_alert(msg)
 
@@ -107,7 +110,9 @@ class AlertConsumer(Service):
     async def process_alert(self, msg: Message) -> None:
         routing_data = self.parse_routing_key(msg.routing_key)
         if routing_data is None:
-            log.warning("alert routing key %r does not match the parser; ignored", msg.routing_key)
+            self._unparsed(
+                "alert routing key %r does not match the parser; ignored", msg.routing_key
+            )
             return
         await self.process_payload(msg.payload, routing_data, msg.timestamp)
 

@@ -75,7 +75,11 @@ class Interface:
         self._owns_connection = connection is None
         self._reply_queue: AbstractQueue | None = None
         self._waiting: dict[str, asyncio.Queue[Message]] = {}
-        self._reassembler = Reassembler(self._on_reply)
+        self._reassembler = Reassembler(
+            self._on_reply,
+            max_message_size=self.mesh.max_message_size,
+            max_payload_size=self.mesh.max_payload_size,
+        )
         self._start_lock = asyncio.Lock()
         self._consumer_tag: str | None = None
 

@@ -25,6 +25,7 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from .constants import NIL_UUID, MsgOp
+from .limits import clip
 from .message import Message
 from .return_codes import ThrowReply
 
@@ -305,11 +306,13 @@ class Endpoint:
 
 
 def describe(msg: Message) -> str:
+    """``get peaches -s log_interval from lab@glenlivet`` for log lines; peer-controlled parts
+    are cut to a few hundred characters."""
     op_num = -1 if msg.message_operation is None else msg.message_operation
     op = {0: "set", 1: "get", 9: "cmd"}.get(op_num, op_num)
-    spec = f" -s {msg.specifier}" if msg.specifier else ""
+    spec = f" -s {clip(msg.specifier, 200)}" if msg.specifier else ""
     who = f"{msg.sender_info.get('username', '?')}@{msg.sender_info.get('hostname', '?')}"
-    return f"{op} {msg.routing_key}{spec} from {who}"
+    return f"{op} {msg.routing_key}{spec} from {clip(who, 200)}"
 
 
 def _framework_classes() -> set[type]:

@@ -24,24 +24,35 @@ from typing import Any
 from .calibration import CalibrationError, apply_calibration
 from .constants import DEFAULT_LOG_ROUTING_KEY_PREFIX
 from .endpoint import Endpoint, Reply, maybe_await
+from .limits import MAX_INTERVAL_S
 from .message import Message
 from .return_codes import ThrowReply
 
 
 def to_seconds(value: float | int | Mapping[str, float] | None, what: str) -> float:
-    """Interval config: seconds, or a dict of ``timedelta`` keywords (``{minutes: 5}``)."""
+    """Interval config: seconds, or a dict of ``timedelta`` keywords (``{minutes: 5}``).
+
+    Must be finite, not negative and at most :data:`~.limits.MAX_INTERVAL_S` (a NaN interval
+    would make the logging loop spin, an infinite one overflow the event loop's clock).
+    """
     if value is None:
         return 0.0
     if isinstance(value, Mapping):
         try:
-            return dt.timedelta(**value).total_seconds()
-        except TypeError as exc:
+            seconds = dt.timedelta(**value).total_seconds()
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{what}: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what} must be a number of seconds or a dict like {{minutes: 1}}")
-    if value < 0:
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{what} must be a finite number of seconds, not {seconds}")
+    if seconds < 0:
         raise ValueError(f"{what} must not be negative")
-    return float(value)
+    if seconds > MAX_INTERVAL_S:
+        raise ValueError(f"{what} of {seconds:g} s exceeds the limit of {MAX_INTERVAL_S:g} s")
+    return seconds
 
 
 class Entity(Endpoint):
@@ -106,14 +117,38 @@ class Entity(Endpoint):
         return self.calibrate(raw)
 
     async def do_get_request(self, msg: Message, specifier: str) -> Reply:
+        if specifier == "log_interval":
+            # dripline-python keeps the interval as a timedelta, which its reply turns into text
+            return Reply(0, "", {"values": [str(dt.timedelta(seconds=self._log_interval))]})
         if specifier:
             return await super().do_get_request(msg, specifier)
         return Reply(0, "", await self.get_calibrated())
 
     async def do_set_request(self, msg: Message, specifier: str) -> Reply:
-        reply = await super().do_set_request(msg, specifier)
-        if specifier or not self.get_on_set:
-            return reply
+        if specifier:
+            return await super().do_set_request(msg, specifier)
+        values, _kwargs = self._values(msg)
+        if not values:
+            raise ThrowReply("service_error_bad_payload", "set requires a value in 'values'")
+        return await self.set_value(values[0])
+
+    async def do_cmd_request(self, msg: Message, specifier: str) -> Reply:
+        if specifier != "on_set":
+            return await super().do_cmd_request(msg, specifier)
+        # ``cmd <entity> -s on_set V`` calls dripline-python's decorated on_set: the same as a set
+        values, kwargs = self._values(msg)
+        if len(values) != 1 or kwargs:
+            raise ThrowReply(
+                "service_error_invalid_value", "on_set takes exactly one value and no keywords"
+            )
+        return await self.set_value(values[0])
+
+    async def set_value(self, value: Any) -> Reply:
+        """``on_set(value)``, then (``get_on_set``) read back, calibrated, and (``log_on_set``)
+        logged: what a set request and ``cmd -s on_set`` reply."""
+        result = await maybe_await(self.on_set(value))
+        if not self.get_on_set:
+            return Reply(0, "", result)
         result = await self.get_calibrated()
         if self.log_on_set:
             await self.log_a_value(result)

@@ -30,7 +30,9 @@ from .connection import Connection, NotConnected
 from .constants import DEFAULT_BROADCAST_KEY, MsgOp
 from .endpoint import Endpoint, Reply, describe, maybe_await
 from .entity import Entity
+from .limits import clip
 from .message import Message
+from .throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -86,9 +88,20 @@ class Service(Endpoint):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._running = False
-        self._reassembler = Reassembler(self._on_message, message_wait_ms)
+        self._reassembler = self.make_reassembler(self._on_message)
+        self._ignored = LogThrottle(log)
+        self._reply_failed = LogThrottle(log, logging.ERROR)
         for endpoint in endpoints or ():
             self.add_endpoint(endpoint)
+
+    def make_reassembler(self, on_message: Callable[[Message], Awaitable[None]]) -> Reassembler:
+        """A chunk reassembler bounded by this service's mesh limits (one per consumed queue)."""
+        return Reassembler(
+            on_message,
+            self.message_wait_ms,
+            max_message_size=self.mesh.max_message_size,
+            max_payload_size=self.mesh.max_payload_size,
+        )
 
     # ----------------------------------------------------------------- structure
     def add_endpoint(self, endpoint: Endpoint) -> None:
@@ -309,7 +322,7 @@ class Service(Endpoint):
 
     async def _on_message(self, msg: Message) -> None:
         if msg.is_valid and not msg.is_request:
-            log.warning(
+            self._ignored(
                 "ignoring a non-request message (type %s) on %s", msg.message_type, msg.routing_key
             )
             return
@@ -328,7 +341,7 @@ class Service(Endpoint):
         else:
             level = logging.INFO
         if log.isEnabledFor(level):
-            log.log(level, "%s -> %d %s", describe(msg), reply.code, reply.message)
+            log.log(level, "%s -> %d %s", describe(msg), reply.code, clip(reply.message))
         await self.send_reply(msg, reply)
 
     async def send_reply(self, request: Message, reply: Reply) -> None:
@@ -339,7 +352,7 @@ class Service(Endpoint):
         try:
             await self.send(out)
         except Exception as exc:
-            log.error("could not send reply to %s: %s", request.reply_to, exc)
+            self._reply_failed("could not send reply to %s: %s", request.reply_to, exc)
 
     # ----------------------------------------------------------------- the service as endpoint
     async def set_condition(self, condition: int) -> Reply:
