@@ -213,7 +213,7 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if op in ("alert", "reply"):
             conn = Connection(mesh, auth.dripline, name="dl-agent")
-            await conn.connect()
+            await conn.connect(timeout_s=timeout or None)
             try:
                 await conn.publish(msg)
             finally:

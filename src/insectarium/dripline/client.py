@@ -105,7 +105,8 @@ class Interface:
                     self.mesh, self._credentials, name=f"{self.name} client"
                 )
             if self._connection.connection is None:
-                await self._connection.connect()
+                # an unreachable broker fails within the timeout (0: the attempts decide)
+                await self._connection.connect(timeout_s=self.timeout_s or None)
             channel = self._connection.channel
             assert channel is not None
             name = f"amq_{uuid.uuid4().hex}"
