@@ -92,6 +92,7 @@ def test_service_users_have_least_privileges(broker):
         assert regex != ".*"
         assert re.fullmatch(regex, "not-sc_db")
         assert re.fullmatch(regex, "not-sc_db_alerts")
+        assert re.fullmatch(regex, "not-sc_db_alerts.upgrade")  # classic → quorum conversion
         assert re.fullmatch(regex, "requests")
         assert not re.fullmatch(regex, "not-glenlivet")
 

@@ -54,7 +54,7 @@ MAX_INTERVAL_S = 366 * 24 * 3600.0
 MAX_NAME_LENGTH = 255
 """Characters of a name a request gives (a run name); names are indexed and shown in tables."""
 
-MAX_TRACKED_NAMES = 1000
+MAX_TRACKED_NAMES = 100
 """Distinct names a service keeps per-name bookkeeping for (the logger's unknown endpoints);
 further names are counted together."""
 

@@ -8,7 +8,10 @@ the same name is refused by the broker instead of silently sharing the load.
 Requests are handled concurrently (up to ``prefetch_count`` at once): a run-control command that
 waits on other services must not stall a simple ``get``.  When the broker goes away, the
 connection reconnects by itself and the queue, bindings and consumer are restored; the service
-says so in its log and keeps its state.
+says so in its log (one line when the broker goes, one when it is back) and keeps its state.
+Alerts it could not publish meanwhile — sensor values above all — are kept in a bounded
+:class:`~.outbox.AlertOutbox` and published when the broker is back, with their original
+timestamps.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -26,12 +30,13 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from .chunking import Delivery, Reassembler
 from .client import Interface
 from .config import Authentication, MeshConfig, load_mesh
-from .connection import Connection, NotConnected
+from .connection import BROKER_ERRORS, Connection, NotConnected, UnroutableError
 from .constants import DEFAULT_BROADCAST_KEY, MsgOp
 from .endpoint import Endpoint, Reply, describe, maybe_await
 from .entity import Entity
-from .limits import clip
+from .limits import ALERT_BUFFER_BYTES, ALERT_BUFFER_MESSAGES, clip
 from .message import Message
+from .outbox import AlertOutbox, Unroutable
 from .throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,8 @@ class Service(Endpoint):
         prefetch_count: int = 32,
         request_timeout_s: float = 10.0,
         restart_on_error: bool = True,
+        alert_buffer_messages: int = ALERT_BUFFER_MESSAGES,
+        alert_buffer_bytes: int = ALERT_BUFFER_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -91,6 +98,9 @@ class Service(Endpoint):
         self._reassembler = self.make_reassembler(self._on_message)
         self._ignored = LogThrottle(log)
         self._reply_failed = LogThrottle(log, logging.ERROR)
+        self._outbox = AlertOutbox(alert_buffer_messages, alert_buffer_bytes)
+        self._flushing: asyncio.Task[Any] | None = None
+        self._settle_until = 0.0  # alerts are published mandatory until then (after a reconnect)
         for endpoint in endpoints or ():
             self.add_endpoint(endpoint)
 
@@ -142,6 +152,7 @@ class Service(Endpoint):
             self.mesh, self.authentication.dripline, name=f"{self.name} ({self.instance_id[:8]})"
         )
         await self.connection.connect()
+        self.connection.on_reconnected.append(self._after_reconnect)
         self.mesh.register_return_codes()
         self.interface = Interface(
             dripline_mesh=self.mesh,
@@ -210,6 +221,7 @@ class Service(Endpoint):
                     await self._queue.cancel(self._consumer_tag)
                 await self._queue.delete(if_unused=False, if_empty=False)
             self._queue = None
+        await self._last_flush()
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -266,21 +278,80 @@ class Service(Endpoint):
             )
         await self.connection.publish(msg)
 
-    async def send_alert(self, routing_key: str, payload: Any) -> None:
-        await self.send(Message.alert(routing_key, payload, sender=self.name))
+    async def send_alert(self, routing_key: str, payload: Any, *, keep: bool = True) -> None:
+        """Publish an alert.  With ``keep`` (the default) an alert the broker cannot take now is
+        kept and published when it is back (see :mod:`.outbox`); heartbeats pass ``False``."""
+        msg = Message.alert(routing_key, payload, sender=self.name)
+        if not keep:
+            await self.send(msg)
+            return
+        connection = self.connection
+        if connection is None:
+            raise RuntimeError(f"service {self.name} is not started")
+        if self._outbox or not connection.connected.is_set():
+            self._outbox.put(msg)  # behind the alerts already waiting: order is kept
+            self._flush_kept_alerts()
+            return
+        # Just after a reconnect the consumers may not have re-bound their queues yet (the
+        # alerts exchange and its bindings are transient): publish mandatory for a while and
+        # keep what is returned.
+        mandatory = time.monotonic() < self._settle_until
+        try:
+            await connection.publish(msg, confirm=True, mandatory=mandatory)
+        except (UnroutableError, *BROKER_ERRORS):
+            self._outbox.put(msg)
+            self._flush_kept_alerts()
+
+    def _after_reconnect(self) -> None:
+        self._settle_until = time.monotonic() + self._outbox.replay_window_s
+        self._flush_kept_alerts()
+
+    def _flush_kept_alerts(self) -> None:
+        """Start publishing kept alerts if connected and not already doing so."""
+        connection = self.connection
+        if (
+            not self._outbox
+            or connection is None
+            or not connection.connected.is_set()
+            or (self._flushing is not None and not self._flushing.done())
+        ):
+            return
+        self._flushing = self.spawn(self._outbox.flush(self._publish_kept, asyncio.sleep), "flush")
+
+    async def _publish_kept(self, msg: Message) -> None:
+        assert self.connection is not None
+        if not self.connection.connected.is_set():
+            raise NotConnected("broker away")
+        try:
+            await self.connection.publish(msg, confirm=True, mandatory=True)
+        except UnroutableError:
+            raise Unroutable(msg.routing_key) from None
+
+    async def _last_flush(self) -> None:
+        """At stop: publish what is still kept if the broker is there (briefly), else say so."""
+        if not self._outbox:
+            return
+        self._outbox.replay_window_s = 0.0  # no consumer to wait for at shutdown
+        if self._flushing is not None and not self._flushing.done():
+            await asyncio.wait({self._flushing}, timeout=5)
+        elif self.connection is not None and self.connection.connected.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._outbox.flush(self._publish_kept, asyncio.sleep), 5)
+        if self._outbox:
+            log.error(
+                "service %s stops with %d kept alert(s) unpublished (broker away)",
+                self.name,
+                len(self._outbox),
+            )
 
     async def _heartbeat_loop(self) -> None:
         key = f"{self.mesh.heartbeat_routing_key}.{self.name}"
-        failing = False
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             try:
-                await self.send_alert(key, {"name": self.name, "id": self.instance_id})
-                failing = False
-            except Exception as exc:  # broker away: say it once per outage
-                if not failing:
-                    log.warning("heartbeats paused: %s", exc)
-                failing = True
+                await self.send_alert(key, {"name": self.name, "id": self.instance_id}, keep=False)
+            except Exception as exc:  # the broker is away: the connection has said so already
+                log.debug("heartbeat not sent: %s", exc)
 
     # requests to other endpoints, through the broker (like dl-python's RequestSender)
     def _iface(self) -> Interface:
