@@ -143,8 +143,13 @@ class Service(Endpoint):
     async def on_start(self) -> None:
         """Called after the broker connection is up, before requests are consumed."""
 
+    async def on_stopping(self) -> None:
+        """Called when a stop begins (``is_running`` is already false): requests are still
+        served and the connection, the client interface and background tasks still work, so
+        that what must be finished can be (refuse to *start* anything new meanwhile)."""
+
     async def on_stop(self) -> None:
-        """Called while stopping, after consuming has stopped."""
+        """Called while stopping, after consuming has stopped and background tasks ended."""
 
     # ----------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -215,6 +220,12 @@ class Service(Endpoint):
         for child in self.sync_children.values():
             if isinstance(child, Entity):
                 child.stop_logging()
+        try:
+            # still consuming: what must be finished may need this service's own endpoints
+            # (the DAQ's end of run writes its snapshot through its metadata receiver)
+            await self.on_stopping()
+        except Exception:
+            log.exception("service %s: on_stopping failed", self.name)
         if self._queue is not None:
             with contextlib.suppress(Exception):
                 if self._consumer_tag:
