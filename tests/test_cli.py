@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -244,3 +245,28 @@ def test_mon_shows_an_alert(broker_args: list[str]) -> None:
         proc.kill()
     assert proc.returncode == 0
     assert key in out and '"value_raw": 4.5' in out
+
+
+def test_wire_text_is_printed_as_plain_text_by_every_tool() -> None:
+    """Names and messages from the wire: no markup, no emoji codes, control characters escaped
+    (dl-agent's dump, dragonfly's line, dl-mon's line)."""
+    from rich.console import Console
+
+    from insectarium.cli import agent, dragonfly, mon
+    from insectarium.dripline.message import Message
+
+    hostile = "[/bold] :smile: \x1b[2J\u202e\n"
+    request = Message.request("peaches", 1, reply_to="amq_x")
+    reply = request.make_reply(304, f"bad {hostile}", {"v": hostile}, sender=hostile)
+    reply.routing_key = f"amq_{hostile}"
+
+    dump = agent.text_dump(reply)
+    line = dragonfly.format_reply("peaches", [hostile], reply)
+    console = Console(width=400, record=True, color_system=None, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(mon.describe_line(reply, "requests"), soft_wrap=True)
+    shown = console.export_text()
+    for text in (dump, line, shown):
+        assert "\x1b" not in text and "\u202e" not in text, text
+        assert "\\x1b[2J" in text
+        assert "[/bold] :smile:" in text  # shown as typed, not interpreted
+    assert len(dump.splitlines()) == 5  # no line break smuggled in
