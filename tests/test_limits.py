@@ -239,3 +239,36 @@ def test_intervals_must_be_finite_and_bounded(value) -> None:
     with pytest.raises(ValueError):
         entity.log_interval = value
     assert entity.log_interval == 1
+
+
+# --------------------------------------------------------------------------- set -s <attribute>
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("calibration", 0.5),  # found by the fuzzer: every later get failed with 999
+        ("calibration", "x" * (limits.MAX_CALIBRATION_EXPRESSION + 1)),
+        ("max_absolute_change", "abc"),
+        ("max_fractional_change", None),
+        ("check_field", {"a": 1}),
+        ("log_on_set", 1),
+        ("log_interval", 0.001),  # ten thousand alerts a second
+        ("log_interval", float("nan")),
+        ("max_interval", float("inf")),
+    ],
+)
+async def test_set_attribute_keeps_the_configuration_usable(attribute: str, value) -> None:
+    from insectarium.services.kv_store import KeyValueStore
+
+    kv = KeyValueStore("kv", initial_value=0.75, calibration="2*{}", log_on_set=True)
+    before = getattr(kv, attribute)
+    reply = await kv.handle_request(
+        Message.request("kv", MsgOp.SET, {"values": [value]}, specifier=attribute)
+    )
+    assert reply.code == 304, reply
+    assert getattr(kv, attribute) == before or before != before  # NaN stays NaN
+    ok = await kv.handle_request(Message.request("kv", MsgOp.GET, {}))
+    assert ok.code == 0 and ok.payload == {"value_raw": 0.75, "value_cal": 1.5}
+    allowed = await kv.handle_request(
+        Message.request("kv", MsgOp.SET, {"values": ["3*{}"]}, specifier="calibration")
+    )
+    assert allowed.code == 0 and kv.calibrate(2) == {"value_raw": 2, "value_cal": 6}

@@ -110,7 +110,8 @@ class Reassembler:
         self._pending: dict[str, _Pending] = {}  # insertion order = age
         self._pending_bytes = 0
         self._finished: dict[str, bool] = {}  # recently completed UUIDs (late duplicates dropped)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # answering released messages
+        self._room = asyncio.Event()  # set while there are fewer such tasks than the limit
         self.dropped = 0  # incomplete messages dropped to stay within the bounds
         self.refused = 0  # messages refused for their size
         self._reported = (0, 0)
@@ -140,6 +141,12 @@ class Reassembler:
         if chunk.total > self.max_chunks:
             await self._on_message(self._refuse(delivery, chunk, 0))
             return
+        while len(self._tasks) >= self.max_pending_messages:
+            # Released (expired or dropped) messages are answered by tasks; if chunks arrive
+            # faster than those answers go out, wait here: the delivery is not acknowledged
+            # meanwhile, so the broker's prefetch limit holds the rest back (memory stays flat).
+            self._room.clear()
+            await self._room.wait()
         message = self._add_chunk(chunk, delivery)
         if message is not None:
             await self._on_message(message)
@@ -267,7 +274,12 @@ class Reassembler:
         message = _decode(pending.first, _echo(pending), uuid, error=why)
         task = asyncio.get_running_loop().create_task(self._on_message(message))
         self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if len(self._tasks) < self.max_pending_messages:
+            self._room.set()
 
     def close(self) -> None:
         for uuid in list(self._pending):

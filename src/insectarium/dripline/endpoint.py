@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -220,6 +221,7 @@ class Endpoint:
                     "service_error_invalid_specifier",
                     f"endpoint {self.name} has no attribute {specifier}, unable to set",
                 )
+            self._check_attribute_type(name, specifier, new_value)
             try:
                 setattr(self, name, new_value)
             except (TypeError, ValueError) as exc:
@@ -228,6 +230,36 @@ class Endpoint:
                 ) from None
             return Reply(0, "", None)
         return Reply(0, "", await maybe_await(self.on_set(new_value)))
+
+    def _check_attribute_type(self, name: str, specifier: str, value: Any) -> None:
+        """``set -s <attribute>`` keeps the attribute's kind of value (a threshold stays a
+        number, a name a string): a peer must not turn a service's configuration into values its
+        own code then fails on at every use.  Attributes defined as properties validate in their
+        setter; attributes that are ``None`` take anything JSON can carry."""
+        if isinstance(getattr(type(self), name, None), property):
+            return
+        current = getattr(self, name)
+        if current is None:
+            return
+        kinds: tuple[type, ...]
+        if isinstance(current, bool):
+            kinds = (bool,)
+        elif isinstance(current, int | float):
+            kinds = (int, float)
+        elif isinstance(current, str | list | dict):
+            kinds = (type(current),)
+        else:
+            return
+        if not isinstance(value, kinds) or (kinds != (bool,) and isinstance(value, bool)):
+            raise ThrowReply(
+                "service_error_invalid_value",
+                f"cannot set {specifier}: expected {' or '.join(k.__name__ for k in kinds)}, "
+                f"got {type(value).__name__}",
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ThrowReply(
+                "service_error_invalid_value", f"cannot set {specifier}: {value} is not finite"
+            )
 
     def is_command(self, name: str) -> bool:
         """Whether ``cmd <endpoint> -s name`` may call ``self.name``."""

@@ -51,6 +51,10 @@ MAX_CALIBRATION_SEQUENCE = 100_000
 MAX_INTERVAL_S = 366 * 24 * 3600.0
 """Longest interval or duration (``log_interval``, ``max_interval``, a run's length), seconds."""
 
+MIN_LOG_INTERVAL_S = 0.05
+"""Shortest scheduled-logging interval: ``set <entity> -s log_interval 0.0001`` would make the
+service publish ten thousand alerts a second."""
+
 MAX_NAME_LENGTH = 255
 """Characters of a name a request gives (a run name); names are indexed and shown in tables."""
 

@@ -97,6 +97,8 @@ class Service(Endpoint):
         self._running = False
         self._reassembler = self.make_reassembler(self._on_message)
         self._ignored = LogThrottle(log)
+        self._invalid = LogThrottle(log)
+        self._failed = LogThrottle(log, interval=1.0)
         self._reply_failed = LogThrottle(log, logging.ERROR)
         self._outbox = AlertOutbox(alert_buffer_messages, alert_buffer_bytes)
         self._flushing: asyncio.Task[Any] | None = None
@@ -415,15 +417,17 @@ class Service(Endpoint):
             )
         else:
             reply = await target.handle_request(msg)
-        # one line per set/cmd (what shifters read back); gets are the bulk of traffic: DEBUG
-        if reply.code >= 100:
-            level = logging.WARNING
-        elif msg.message_operation == MsgOp.GET:
-            level = logging.DEBUG
+        # one line per set/cmd (what shifters read back); gets are the bulk of traffic: DEBUG.
+        # Failures a peer can repeat at will are throttled: undecodable messages to one line a
+        # minute, other error replies to one a second (each with the count of those not shown).
+        if not msg.is_valid:
+            self._invalid("%s -> %d %s", describe(msg), reply.code, clip(reply.message))
+        elif reply.code >= 100:
+            self._failed("%s -> %d %s", describe(msg), reply.code, clip(reply.message))
         else:
-            level = logging.INFO
-        if log.isEnabledFor(level):
-            log.log(level, "%s -> %d %s", describe(msg), reply.code, clip(reply.message))
+            level = logging.DEBUG if msg.message_operation == MsgOp.GET else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "%s -> %d %s", describe(msg), reply.code, clip(reply.message))
         await self.send_reply(msg, reply)
 
     async def send_reply(self, request: Message, reply: Reply) -> None:
