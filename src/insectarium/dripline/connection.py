@@ -161,16 +161,7 @@ class Connection:
         for attempt in range(1, attempts + 1):
             remaining = None if deadline is None else max(0.1, deadline - loop.time())
             try:
-                self.connection = await aio_pika.connect_robust(
-                    host=self.mesh.broker,
-                    port=self.mesh.broker_port,
-                    login=self._credentials.username,
-                    password=self._credentials.password,
-                    virtualhost=self.mesh.vhost,
-                    reconnect_interval=self.reconnect_interval,
-                    client_properties={"connection_name": self.name},
-                    timeout=remaining,
-                )
+                self.connection = await self._open(remaining)
                 break
             except aiormq.exceptions.ProbableAuthenticationError:
                 raise BrokerUnavailable(
@@ -217,6 +208,19 @@ class Connection:
         self.alerts_exchange = await self.declare_exchange(self.channel, self.mesh.alerts_exchange)
         self.connected.set()
         log.info("connected to %s", self.url_for_humans)
+
+    async def _open(self, timeout_s: float | None) -> AbstractRobustConnection:
+        """One connection attempt (the transport options of the broker connection live here)."""
+        return await aio_pika.connect_robust(
+            host=self.mesh.broker,
+            port=self.mesh.broker_port,
+            login=self._credentials.username,
+            password=self._credentials.password,
+            virtualhost=self.mesh.vhost,
+            reconnect_interval=self.reconnect_interval,
+            client_properties={"connection_name": self.name},
+            timeout=timeout_s,
+        )
 
     @staticmethod
     async def declare_exchange(channel: AbstractRobustChannel, name: str) -> AbstractExchange:

@@ -17,11 +17,15 @@ alerts forever.
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+from .connection import BROKER_ERRORS, Connection, NotConnected, UnroutableError
 from .limits import ALERT_BUFFER_BYTES, ALERT_BUFFER_MESSAGES
 from .message import Message, dump_payload
 
@@ -120,3 +124,77 @@ class AlertOutbox:
         )
         self.kept = self.dropped = self.unroutable = 0
         return True
+
+
+class AlertPublisher:
+    """Publishes a service's alerts through its connection, keeping in an :class:`AlertOutbox`
+    those the broker cannot take now, and publishing them when it can.
+
+    ``spawn`` runs the background flush as a task the owner cancels when it stops.
+    """
+
+    def __init__(
+        self,
+        connection: Connection,
+        outbox: AlertOutbox,
+        spawn: Callable[[Awaitable[Any], str], asyncio.Task[Any]],
+    ) -> None:
+        self.connection = connection
+        self.outbox = outbox
+        self._spawn = spawn
+        self._flushing: asyncio.Task[Any] | None = None
+        self._settle_until = 0.0  # published mandatory until then (after a reconnect)
+        connection.on_reconnected.append(self.after_reconnect)
+
+    async def publish(self, msg: Message) -> None:
+        """Publish ``msg`` now, or keep it (never raises for a broker that is away)."""
+        if self.outbox or not self.connection.connected.is_set():
+            self.outbox.put(msg)  # behind the alerts already waiting: order is kept
+            self.flush_soon()
+            return
+        # Just after a reconnect the consumers may not have re-bound their queues yet (the
+        # alerts exchange and its bindings are transient): publish mandatory for a while and
+        # keep what is returned.
+        mandatory = time.monotonic() < self._settle_until
+        try:
+            await self.connection.publish(msg, confirm=True, mandatory=mandatory)
+        except (UnroutableError, *BROKER_ERRORS):
+            self.outbox.put(msg)
+            self.flush_soon()
+
+    def after_reconnect(self) -> None:
+        self._settle_until = time.monotonic() + self.outbox.replay_window_s
+        self.flush_soon()
+
+    def flush_soon(self) -> None:
+        """Start publishing kept alerts if connected and not already doing so."""
+        if (
+            not self.outbox
+            or not self.connection.connected.is_set()
+            or (self._flushing is not None and not self._flushing.done())
+        ):
+            return
+        self._flushing = self._spawn(self.outbox.flush(self._publish_kept, asyncio.sleep), "flush")
+
+    async def _publish_kept(self, msg: Message) -> None:
+        if not self.connection.connected.is_set():
+            raise NotConnected("broker away")
+        try:
+            await self.connection.publish(msg, confirm=True, mandatory=True)
+        except UnroutableError:
+            raise Unroutable(msg.routing_key) from None
+
+    async def close(self, owner: str) -> None:
+        """At stop: publish what is still kept if the broker is there (briefly), else say so."""
+        if not self.outbox:
+            return
+        self.outbox.replay_window_s = 0.0  # no consumer to wait for at shutdown
+        if self._flushing is not None and not self._flushing.done():
+            await asyncio.wait({self._flushing}, timeout=5)
+        elif self.connection.connected.is_set():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.outbox.flush(self._publish_kept, asyncio.sleep), 5)
+        if self.outbox:
+            log.error(
+                "%s stops with %d kept alert(s) unpublished (broker away)", owner, len(self.outbox)
+            )

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -30,13 +29,13 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from .chunking import Delivery, Reassembler
 from .client import Interface
 from .config import Authentication, MeshConfig, load_mesh
-from .connection import BROKER_ERRORS, Connection, NotConnected, UnroutableError
+from .connection import Connection, NotConnected
 from .constants import DEFAULT_BROADCAST_KEY, MsgOp
 from .endpoint import Endpoint, Reply, describe, maybe_await
 from .entity import Entity
 from .limits import ALERT_BUFFER_BYTES, ALERT_BUFFER_MESSAGES, clip
 from .message import Message
-from .outbox import AlertOutbox, Unroutable
+from .outbox import AlertOutbox, AlertPublisher
 from .throttle import LogThrottle
 
 log = logging.getLogger(__name__)
@@ -101,8 +100,7 @@ class Service(Endpoint):
         self._failed = LogThrottle(log, interval=1.0)
         self._reply_failed = LogThrottle(log, logging.ERROR)
         self._outbox = AlertOutbox(alert_buffer_messages, alert_buffer_bytes)
-        self._flushing: asyncio.Task[Any] | None = None
-        self._settle_until = 0.0  # alerts are published mandatory until then (after a reconnect)
+        self._alerts: AlertPublisher | None = None
         for endpoint in endpoints or ():
             self.add_endpoint(endpoint)
 
@@ -159,7 +157,7 @@ class Service(Endpoint):
             self.mesh, self.authentication.dripline, name=f"{self.name} ({self.instance_id[:8]})"
         )
         await self.connection.connect()
-        self.connection.on_reconnected.append(self._after_reconnect)
+        self._alerts = AlertPublisher(self.connection, self._outbox, self.spawn)
         self.mesh.register_return_codes()
         self.interface = Interface(
             dripline_mesh=self.mesh,
@@ -234,7 +232,9 @@ class Service(Endpoint):
                     await self._queue.cancel(self._consumer_tag)
                 await self._queue.delete(if_unused=False, if_empty=False)
             self._queue = None
-        await self._last_flush()
+        if self._alerts is not None:
+            await self._alerts.close(f"service {self.name}")
+            self._alerts = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -298,64 +298,9 @@ class Service(Endpoint):
         if not keep:
             await self.send(msg)
             return
-        connection = self.connection
-        if connection is None:
+        if self._alerts is None:
             raise RuntimeError(f"service {self.name} is not started")
-        if self._outbox or not connection.connected.is_set():
-            self._outbox.put(msg)  # behind the alerts already waiting: order is kept
-            self._flush_kept_alerts()
-            return
-        # Just after a reconnect the consumers may not have re-bound their queues yet (the
-        # alerts exchange and its bindings are transient): publish mandatory for a while and
-        # keep what is returned.
-        mandatory = time.monotonic() < self._settle_until
-        try:
-            await connection.publish(msg, confirm=True, mandatory=mandatory)
-        except (UnroutableError, *BROKER_ERRORS):
-            self._outbox.put(msg)
-            self._flush_kept_alerts()
-
-    def _after_reconnect(self) -> None:
-        self._settle_until = time.monotonic() + self._outbox.replay_window_s
-        self._flush_kept_alerts()
-
-    def _flush_kept_alerts(self) -> None:
-        """Start publishing kept alerts if connected and not already doing so."""
-        connection = self.connection
-        if (
-            not self._outbox
-            or connection is None
-            or not connection.connected.is_set()
-            or (self._flushing is not None and not self._flushing.done())
-        ):
-            return
-        self._flushing = self.spawn(self._outbox.flush(self._publish_kept, asyncio.sleep), "flush")
-
-    async def _publish_kept(self, msg: Message) -> None:
-        assert self.connection is not None
-        if not self.connection.connected.is_set():
-            raise NotConnected("broker away")
-        try:
-            await self.connection.publish(msg, confirm=True, mandatory=True)
-        except UnroutableError:
-            raise Unroutable(msg.routing_key) from None
-
-    async def _last_flush(self) -> None:
-        """At stop: publish what is still kept if the broker is there (briefly), else say so."""
-        if not self._outbox:
-            return
-        self._outbox.replay_window_s = 0.0  # no consumer to wait for at shutdown
-        if self._flushing is not None and not self._flushing.done():
-            await asyncio.wait({self._flushing}, timeout=5)
-        elif self.connection is not None and self.connection.connected.is_set():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._outbox.flush(self._publish_kept, asyncio.sleep), 5)
-        if self._outbox:
-            log.error(
-                "service %s stops with %d kept alert(s) unpublished (broker away)",
-                self.name,
-                len(self._outbox),
-            )
+        await self._alerts.publish(msg)
 
     async def _heartbeat_loop(self) -> None:
         key = f"{self.mesh.heartbeat_routing_key}.{self.name}"
