@@ -399,9 +399,12 @@ async def test_internal_methods_are_not_commands(make_lab, client) -> None:
         "interrupt",
         "run_path",
         "on_set_condition",
+        "finish_run",
+        "end_for_shutdown",
+        "close_interrupted_runs",
     ):
         assert (await cmd(client, lab.name, name)).return_code == 306, name
-    for name in ("stop", "on_start"):
+    for name in ("stop", "on_start", "on_stopping"):
         assert (await cmd(client, lab.daq_service.name, name)).return_code == 306, name
 
 
