@@ -93,6 +93,14 @@ def test_broker_has_no_guest(broker):
     assert {"admin", "lab", *PROGRAMS} <= names
 
 
+def test_logger_queue_is_a_quorum_queue(broker):
+    """Values waiting for not-sc_db survive a broker restart: the queue is a quorum queue."""
+    out = broker.check_output("rabbitmqctl -q list_queues name type durable")
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip()}
+    assert rows.get("not-sc_db_alerts") == ["quorum", "true"], out
+    assert "not-sc_db_alerts.upgrade" not in rows
+
+
 def test_service_users_have_least_privileges(broker):
     perms = json.loads(
         broker.check_output("rabbitmqctl -q list_user_permissions not-sc_db --formatter json")
@@ -103,6 +111,7 @@ def test_service_users_have_least_privileges(broker):
         assert regex != ".*"
         assert re.fullmatch(regex, "not-sc_db")
         assert re.fullmatch(regex, "not-sc_db_alerts")
+        assert re.fullmatch(regex, "not-sc_db_alerts.upgrade")  # classic → quorum conversion
         assert re.fullmatch(regex, "requests")
         assert not re.fullmatch(regex, "not-glenlivet")
         assert not re.fullmatch(regex, "")  # the default exchange
@@ -372,6 +381,12 @@ def test_virtual_run_across_hosts(services, db):
 
     row = psql(db, f"SELECT run_name FROM runs.run_table WHERE run_id = {run_id}")
     assert row == "molecule_run"
+
+    def ended():  # the timer's end of run (migration 005 applied by the postgresql role)
+        reason = psql(db, f"SELECT end_reason FROM runs.run_table WHERE run_id = {run_id}")
+        return reason or None
+
+    assert wait_for(ended, timeout=60) == "completed"
 
     def logged():
         n = int(psql(db, "SELECT count(*) FROM endpoint_numeric_data") or 0)

@@ -176,6 +176,25 @@ def split_arguments(items: list[str]) -> tuple[list[Any], dict[str, Any]]:
     return values, keywords
 
 
+def printable(value: object) -> str:
+    """Text from the lab (names, values, messages) as plain terminal text.
+
+    Characters that would act on the terminal instead of being shown — control characters
+    (an escape sequence in a run name recolours or rewrites the screen), line breaks, and the
+    Unicode format characters that reorder or hide text (bidi overrides, zero-width) — are
+    shown as their Python escapes (``\\x1b``, ``\\n``, ``\\u202e``).  Cheap when there is
+    nothing to escape.  Printed through rich, pass the result as ``rich.text.Text`` so that no
+    markup (``[bold]``) or emoji code (``:smile:``) is interpreted.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
+
+
 def mask(config: Mapping[str, Any]) -> dict[str, Any]:
     """A copy of a config for printing, with anything password-like hidden."""
     out: dict[str, Any] = {}

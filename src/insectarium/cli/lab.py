@@ -15,6 +15,10 @@ group ``postgres`` (``--auth-file``, default ``~/.dripline_authentications.yaml`
 to reach it (``host``, ``port``, ``dbname``, ``sslmode``, ``sslrootcert``, ``sslcert``,
 ``sslkey``): the lab writes it so for its shifter account, so ``insectarium runs`` needs no
 options.  Options and ``PG*`` variables win over the file.
+
+Everything read from the lab is printed as plain text (:func:`~.common.printable` in a
+``rich.text.Text``): a run named ``[/bold] oops`` is shown as such instead of crashing rich's
+markup parser, and escape sequences in names are shown escaped instead of acting on the terminal.
 """
 
 from __future__ import annotations
@@ -26,9 +30,12 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .common import printable
+
 if TYPE_CHECKING:
     import psycopg
     from rich.console import Console
+    from rich.text import Text
 
 DATA_DIR_ENV = "INSECTARIUM_DATA_DIR"
 DEFAULT_DATA_DIR = "/var/lib/insectarium/data"
@@ -200,7 +207,14 @@ def run_directory(data_dir: str | os.PathLike[str], run_id: int) -> Path:
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False, width=max(100, _terminal_width()))
+    return Console(highlight=False, emoji=False, soft_wrap=False, width=max(100, _terminal_width()))
+
+
+def cell(value: Any, style: str = "") -> Text:
+    """A table cell or line holding lab data: plain text, never markup."""
+    from rich.text import Text
+
+    return Text(printable(value), style=style)
 
 
 def _terminal_width() -> int:
@@ -223,21 +237,22 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
     if args.last < 1:
-        console.print("[red]--last must be at least 1[/red]")
+        console.print(cell("--last must be at least 1", "red"))
         return 2
     with connect(args) as conn:
         rows = _fetch_runs(conn, args.last)
     table = Table(title=f"runs (newest {args.last})")
-    for column in ("run_id", "name", "start (UTC)", "end (UTC)", "duration"):
+    for column in ("run_id", "name", "start (UTC)", "end (UTC)", "duration", "ended"):
         table.add_column(column, justify="right" if column == "run_id" else "left")
     for row in rows:
         end = row.get("end_timestamp")
         table.add_row(
-            str(row["run_id"]),
-            str(row.get("run_name", "")),
-            fmt_time(row.get("start_timestamp")),
-            fmt_time(end),
-            fmt_duration(row.get("start_timestamp"), end),
+            cell(row["run_id"]),
+            cell(row.get("run_name", "")),
+            cell(fmt_time(row.get("start_timestamp"))),
+            cell(fmt_time(end)),
+            cell(fmt_duration(row.get("start_timestamp"), end)),
+            cell(row.get("end_reason") or ("-" if end is None else "")),
         )
     if not rows:
         console.print("no runs yet")
@@ -276,7 +291,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             cur.execute("SELECT * FROM runs.run_table WHERE run_id = %s", (args.run_id,))
             row = cur.fetchone()
         if row is None:
-            console.print(f"[red]there is no run {args.run_id}[/red]")
+            console.print(cell(f"there is no run {args.run_id}", "red"))
             return 1
         start = row.get("start_timestamp")
         end = row.get("end_timestamp")
@@ -287,12 +302,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     info.add_column("column", style="bold")
     info.add_column("value")
     for key, value in row.items():
-        info.add_row(str(key), fmt_time(value) if isinstance(value, dt.datetime) else str(value))
-    info.add_row("duration", fmt_duration(start, end))
+        info.add_row(cell(key), cell(fmt_time(value) if isinstance(value, dt.datetime) else value))
+    info.add_row("duration", cell(fmt_duration(start, end)))
     console.print(info)
 
     directory = run_directory(args.data_dir, args.run_id)
-    files = Table(title=f"files in {directory}")
+    files = Table(title=cell(f"files in {directory}"))
     files.add_column("file")
     files.add_column("bytes", justify="right")
     files.add_column("modified (UTC)")
@@ -300,22 +315,24 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     for path in entries:
         stat = path.stat()
         modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
-        files.add_row(path.name, str(stat.st_size), fmt_time(modified))
+        files.add_row(cell(path.name), cell(stat.st_size), cell(fmt_time(modified)))
     if entries:
         console.print(files)
     else:
-        console.print(f"no files in {directory}")
+        console.print(cell(f"no files in {directory}"))
 
     label = f"{fmt_time(start)} .. {fmt_time(end) if end else 'now'}"
     values = Table(title=f"values logged during the run ({label} UTC)")
     for column in ("endpoint", "type", "values", "first", "last"):
         values.add_column(column, justify="right" if column == "values" else "left")
     for name, kind, count, first, last in counts:
-        values.add_row(name, kind, str(count), fmt_time(first), fmt_time(last))
+        values.add_row(
+            cell(name), cell(kind), cell(count), cell(fmt_time(first)), cell(fmt_time(last))
+        )
     if counts:
         console.print(values)
     else:
-        console.print(f"no values logged during the run ({label} UTC)")
+        console.print(cell(f"no values logged during the run ({label} UTC)"))
     return 0
 
 
@@ -354,11 +371,11 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
 
     applied = migrations.migrate(conninfo(args), args.sql_dir, seed=args.seed)
     if applied:
-        console.print("applied: " + ", ".join(m.filename for m in applied))
+        console.print(cell("applied: " + ", ".join(m.filename for m in applied)))
     else:
-        console.print("database is up to date")
+        console.print(cell("database is up to date"))
     if args.seed:
-        console.print("seed applied")
+        console.print(cell("seed applied"))
     return 0
 
 
@@ -374,14 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args, console)
     except psycopg.OperationalError as exc:
-        print(f"error: cannot reach the database: {_scrub(exc, args)}", file=sys.stderr)
+        print(f"error: cannot reach the database: {printable(_scrub(exc, args))}", file=sys.stderr)
         return 2
     except psycopg.Error as exc:
-        print(f"error: database: {_scrub(exc, args)}", file=sys.stderr)
+        print(f"error: database: {printable(_scrub(exc, args))}", file=sys.stderr)
         return 2
     except Exception as exc:
         if type(exc).__name__ in ("MigrationError", "ChecksumMismatch"):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {printable(exc)}", file=sys.stderr)
             return 1
         raise
 

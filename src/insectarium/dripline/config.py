@@ -48,6 +48,7 @@ from .constants import (
     DEFAULT_MAX_PAYLOAD_SIZE,
     DEFAULT_REQUESTS_EXCHANGE,
 )
+from .limits import DEFAULT_MAX_MESSAGE_SIZE
 
 MESH_FILE = "~/.dripline_mesh.yaml"
 DEFAULT_AUTH_FILES = ("~/.dripline_authentications.yaml", "~/.dripline_authentications.json")
@@ -153,6 +154,7 @@ class MeshConfig(BaseModel):
     requests_exchange: str = DEFAULT_REQUESTS_EXCHANGE
     alerts_exchange: str = DEFAULT_ALERTS_EXCHANGE
     max_payload_size: int = Field(DEFAULT_MAX_PAYLOAD_SIZE, gt=0)
+    max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, gt=0)
     heartbeat_routing_key: str = DEFAULT_HEARTBEAT_ROUTING_KEY
     max_connection_attempts: int = Field(10, ge=0)
     return_codes: list[ReturnCodeSpec] | str | None = None

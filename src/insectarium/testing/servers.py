@@ -748,6 +748,19 @@ class RabbitMQServer(_Server):
             )
         return result.stdout
 
+    def kill(self) -> None:
+        """``kill -9`` the node (no shutdown at all, as a crash or a host loss); ``start()``
+        brings it back on the same port with what it had written to disk."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(self._proc.pid):
+                time.sleep(0.05)
+        self._proc = None
+
     def stop(self) -> None:
         """Stop the node (its data stays: ``start()`` brings it back on the same port)."""
         _kill_group(self._proc)
