@@ -154,7 +154,8 @@ class AlertPublisher:
         connection.on_reconnected.append(self.after_reconnect)
 
     async def publish(self, msg: Message) -> None:
-        """Publish ``msg`` now, or keep it (never raises for a broker that is away)."""
+        """Publish ``msg`` now, or keep it (never raises for a broker that is away; raises
+        :class:`~.connection.PublishRefused` when the broker refuses this key to this user)."""
         if self.outbox or not self.connection.connected.is_set():
             self.outbox.put(msg)  # behind the alerts already waiting: order is kept
             self.flush_soon()
@@ -166,9 +167,10 @@ class AlertPublisher:
         try:
             await self.connection.publish(msg, confirm=True, mandatory=mandatory)
         except PublishRefused:
-            # this account may not publish that key: keeping it would retry it forever (the
-            # connection has logged the refusal, which names the key and the user)
+            # this account may not publish that key: keeping it would retry it forever; the
+            # connection has logged the refusal (key and user), the caller gets the error
             self.refused += 1
+            raise
         except (UnroutableError, *BROKER_ERRORS):
             self.outbox.put(msg)
             self.flush_soon()
