@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from rich.console import Console
 
+from . import console as console_bench
 from . import ingest, memory, rpc, runs
 from .env import REPO, Environment, NotRunnable
 from .results import Report, git_info, machine_info
@@ -28,6 +29,7 @@ BENCHMARKS: dict[str, str] = {
     "ingest": "logger ingest: not-sc_db vs a naive one-INSERT-per-alert logger",
     "runs": "start_timed_run reply and end-of-run snapshot over 1 h of 100 endpoints",
     "memory": "VmRSS of every service process after start and after its load",
+    "console": "console reads on a long 1 Hz history: rollups vs raw rows, HTTP, trigger cost",
 }
 
 
@@ -51,6 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--pg-dsn",
         default=os.environ.get("INSECTARIUM_BENCH_PG_DSN"),
         help="use this PostgreSQL (a role that may CREATE DATABASE) instead of a private one",
+    )
+    parser.add_argument(
+        "--console-days",
+        type=float,
+        default=None,
+        metavar="D",
+        help="console benchmark: days of 1 Hz history for 100 endpoints (default 1, quick "
+        "0.25; the issue's full size is 30 = 259 M rows, ~25 GB, a long load)",
     )
     parser.add_argument("--schema-file", help="apply this SQL file instead of the migrations")
     parser.add_argument("--keep", action="store_true", help="keep the database and the logs")
@@ -78,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         ("ingest", lambda: ingest.run(env, report, args.quick, args.repeat)),
         ("runs", lambda: runs.run(env, report, args.quick, args.repeat)),
         ("memory", lambda: memory.run(env, report, args.quick, "ingest" in selected)),
+        (
+            "console",
+            lambda: console_bench.run(env, report, args.quick, args.repeat, args.console_days),
+        ),
     ]
     try:
         console.print(f"[bold]insectarium bench[/] {' '.join(selected)}  (quick={args.quick})")

@@ -5,8 +5,11 @@ dripline alerts/s per process on this machine, far below what a logger should in
 alerts are built with the runtime's ``Message.alert`` + ``encode`` (the real wire format), turned
 into AMQP frames ONCE with pamqp exactly as aiormq's ``basic_publish`` does, and each publisher
 thread writes its share over its own minimal AMQP 0-9-1 connection with one ``sendall``.
-Closing the connection waits for the broker's ``Close-Ok``, which comes after every frame before
-it has been routed, so "published" means "in the queue".
+
+The channel is in confirm mode and a publisher waits for the broker's acknowledgement of its last
+message before closing, so "published" means "in the queue".  (``Close-Ok`` alone is not enough
+for a quorum queue, the logger's: the broker acknowledges the close while the tail of a burst is
+still on its way into the queue's log, and drops that tail when the channel goes.)
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import aio_pika
 from pamqp import commands, frame
@@ -25,6 +29,14 @@ from pamqp.header import ContentHeader, ProtocolHeader
 from .env import Broker
 
 CHANNEL = 1
+
+
+@dataclass(frozen=True)
+class Blob:
+    """Pre-marshalled ``basic.publish`` frames of ``messages`` messages."""
+
+    data: bytes
+    messages: int
 
 
 def marshal_publish(exchange: str, routing_key: str, message: aio_pika.Message) -> bytes:
@@ -43,7 +55,7 @@ def marshal_publish(exchange: str, routing_key: str, message: aio_pika.Message) 
 
 
 class RawPublisher:
-    """One AMQP connection and channel over a blocking socket; no heartbeats, no confirms."""
+    """One AMQP connection and channel over a blocking socket; no heartbeats; confirm mode."""
 
     def __init__(self, broker: Broker, timeout_s: float = 30.0) -> None:
         self.broker = broker
@@ -95,27 +107,38 @@ class RawPublisher:
         self._expect(commands.Connection.OpenOk)
         self._send(commands.Channel.Open(), CHANNEL)
         self._expect(commands.Channel.OpenOk)
+        self._send(commands.Confirm.Select(), CHANNEL)
+        self._expect(commands.Confirm.SelectOk)
+        self._sent = 0
 
-    def blast(self, data: bytes) -> None:
-        self.sock.sendall(data)
+    def blast(self, blob: Blob) -> None:
+        self.sock.sendall(blob.data)
+        self._sent += blob.messages
 
     def close(self) -> None:
-        """Close cleanly; returns once the broker has processed everything sent before."""
+        """Close once the broker has confirmed every message sent (it is in the queue)."""
+        acked = 0
+        while acked < self._sent:
+            ack = self._expect(commands.Basic.Ack | commands.Basic.Nack)  # type: ignore[arg-type]
+            if isinstance(ack, commands.Basic.Nack):
+                raise ConnectionError(f"broker refused message {ack.delivery_tag}")
+            acked = max(acked, ack.delivery_tag)  # type: ignore[attr-defined]
         self._send(commands.Connection.Close(200, "bye", 0, 0))
         self._expect(commands.Connection.CloseOk)
         self.sock.close()
 
 
-def publish_parallel(broker: Broker, blobs: Sequence[bytes]) -> tuple[float, float]:
+def publish_parallel(broker: Broker, blobs: Sequence[Blob]) -> tuple[float, float]:
     """Send each blob on its own connection, all at once.
 
-    Returns the ``perf_counter`` time the sending started and the seconds until every Close-Ok.
+    Returns the ``perf_counter`` time the sending started and the seconds until every message
+    is confirmed.
     """
     publishers = [RawPublisher(broker) for _ in blobs]
     errors: list[BaseException] = []
     start = threading.Barrier(len(blobs) + 1)
 
-    def work(pub: RawPublisher, blob: bytes) -> None:
+    def work(pub: RawPublisher, blob: Blob) -> None:
         try:
             start.wait()
             pub.blast(blob)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import psycopg
 
 from .baselines import NAIVE_QUEUE, NAIVE_READY
-from .blast import marshal_publish, publish_parallel
+from .blast import Blob, marshal_publish, publish_parallel
 from .env import Environment, NotRunnable, ServiceProcess
 from .results import Report, Row, Target, at_least
 
@@ -98,7 +98,7 @@ def register_endpoints(dsn: str, names: list[str]) -> list[int]:
     return [r[0] for r in rows]
 
 
-def encode_alerts(n: int, base: dt.datetime, publishers: int = PUBLISHERS) -> list[bytes]:
+def encode_alerts(n: int, base: dt.datetime, publishers: int = PUBLISHERS) -> list[Blob]:
     """``n`` alerts over the endpoints, as AMQP frames, dealt round-robin to ``publishers``.
 
     Value i goes to endpoint i mod 200 with timestamp base + i us and value_raw i.
@@ -114,7 +114,7 @@ def encode_alerts(n: int, base: dt.datetime, publishers: int = PUBLISHERS) -> li
         msg.timestamp = format_timestamp(base + i * step)
         (amqp,) = encode(msg)
         parts[i % publishers].append(marshal_publish(ALERTS_EXCHANGE, rk, amqp))
-    return [b"".join(p) for p in parts]
+    return [Blob(b"".join(p), len(p)) for p in parts]
 
 
 class RowCounter:

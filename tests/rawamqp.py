@@ -144,6 +144,7 @@ class BrokerClosed(RuntimeError):
 class RawClient:
     def __init__(self, url: str, timeout: float = 10.0) -> None:
         u = urlparse(url)
+        self.timeout = timeout
         self.sock = socket.create_connection(
             (u.hostname or "localhost", u.port or 5672), timeout=timeout
         )
@@ -171,6 +172,7 @@ class RawClient:
 
     # -- framing
     def _send(self, obj: Any, channel: int = 0) -> None:
+        self.sock.settimeout(self.timeout)  # reads leave their own (short) timeout behind
         self.sock.sendall(frame.marshal(obj, channel))
 
     def _read_frame(self, deadline: float) -> tuple[Any, bytes]:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -108,10 +110,67 @@ def test_save_writes_payload(kv_service: str, broker_args: list[str], tmp_path: 
     assert json.loads(out.read_text())["value_raw"] == 0.75
 
 
-def test_unreachable_broker_is_reported(tmp_path: Path) -> None:
-    r = tool("dl-agent", "-b", "127.0.0.1", "-p", "1", "--max-connection-attempts", "1", "get", "x")
-    assert r.returncode == 1
-    assert "cannot connect" in r.stderr
+@pytest.mark.parametrize(
+    ("command", "timeout_flag"),
+    [(["-m", "insectarium.cli.agent"], "-t"), (["-m", "insectarium.cli.dragonfly"], "--timeout")],
+    ids=["dl-agent", "dragonfly"],
+)
+def test_unreachable_broker_fails_within_the_timeout_in_one_line(
+    command: list[str], timeout_flag: str
+) -> None:
+    """With the broker unreachable a client honours -t and says so in one line (it waited
+    56 s and printed a page of ERROR/WARNING lines)."""
+    from insectarium.testing.servers import free_port
+
+    port = free_port()  # nothing listens there
+    started = time.monotonic()
+    r = subprocess.run(
+        [
+            sys.executable,
+            *command,
+            "-b",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            timeout_flag,
+            "2",
+            "get",
+            "peaches",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    elapsed = time.monotonic() - started
+    assert r.returncode == 1  # 101 amqp_error_broker_connection // 100, as dripline-cpp's agent
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert f"127.0.0.1:{port}" in lines[0] and "Connection refused" in lines[0]
+    assert r.stdout == ""
+    assert elapsed < 15  # 2 s asked; generous for a loaded machine, far below the old 56 s
+
+
+async def test_interface_honours_its_timeout_when_the_broker_is_unreachable() -> None:
+    from insectarium.dripline import BlockingInterface, Interface
+    from insectarium.dripline.connection import BrokerUnavailable
+    from insectarium.testing.servers import free_port
+
+    mesh = {"broker": "127.0.0.1", "broker_port": free_port()}
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="Connection refused"):
+        async with Interface(dripline_mesh=mesh, username="u", password="p", timeout_s=1.5):
+            pass
+    assert time.monotonic() - started < 15
+
+    def blocking() -> None:
+        with BlockingInterface(dripline_mesh=mesh, username="u", password="p", timeout_s=1.5) as dl:
+            dl.get("peaches")
+
+    started = time.monotonic()
+    with pytest.raises(BrokerUnavailable, match="cannot reach broker"):
+        await asyncio.to_thread(blocking)
+    assert time.monotonic() - started < 15
 
 
 def test_help_everywhere() -> None:
@@ -186,3 +245,28 @@ def test_mon_shows_an_alert(broker_args: list[str]) -> None:
         proc.kill()
     assert proc.returncode == 0
     assert key in out and '"value_raw": 4.5' in out
+
+
+def test_wire_text_is_printed_as_plain_text_by_every_tool() -> None:
+    """Names and messages from the wire: no markup, no emoji codes, control characters escaped
+    (dl-agent's dump, dragonfly's line, dl-mon's line)."""
+    from rich.console import Console
+
+    from insectarium.cli import agent, dragonfly, mon
+    from insectarium.dripline.message import Message
+
+    hostile = "[/bold] :smile: \x1b[2J\u202e\n"
+    request = Message.request("peaches", 1, reply_to="amq_x")
+    reply = request.make_reply(304, f"bad {hostile}", {"v": hostile}, sender=hostile)
+    reply.routing_key = f"amq_{hostile}"
+
+    dump = agent.text_dump(reply)
+    line = dragonfly.format_reply("peaches", [hostile], reply)
+    console = Console(width=400, record=True, color_system=None, file=open(os.devnull, "w"))  # noqa: SIM115
+    console.print(mon.describe_line(reply, "requests"), soft_wrap=True)
+    shown = console.export_text()
+    for text in (dump, line, shown):
+        assert "\x1b" not in text and "\u202e" not in text, text
+        assert "\\x1b[2J" in text
+        assert "[/bold] :smile:" in text  # shown as typed, not interpreted
+    assert len(dump.splitlines()) == 5  # no line break smuggled in

@@ -38,8 +38,16 @@ class FakeRunTable(Endpoint):
         self.rows[run_id] = {"run_name": run_name, "start_timestamp": now_timestamp(), **optional}
         return {"run_id": run_id, "start_timestamp": self.rows[run_id]["start_timestamp"]}
 
-    def end_run(self, run_id: int, end_timestamp: str) -> None:
+    def end_run(self, run_id: int, end_timestamp: str, end_reason: str | None = None) -> None:
         self.rows[run_id]["end_timestamp"] = end_timestamp
+        self.rows[run_id]["end_reason"] = end_reason
+
+    def open_runs(self, daq_name: str | None = None) -> list[dict[str, Any]]:
+        return [
+            {"run_id": run_id, **row}
+            for run_id, row in self.rows.items()
+            if "end_timestamp" not in row and daq_name in (None, row.get("daq_name"))
+        ]
 
 
 class InsertOnlyRunTable(FakeRunTable):
@@ -107,6 +115,8 @@ async def make_lab(mesh, auth, tmp_path):
         run_table_cls: type[FakeRunTable] = FakeRunTable,
         snapshot_fails: bool = False,
         run_table_name: str | None = None,
+        metadata_state: str | None = None,
+        open_rows: dict[int, dict[str, Any]] | None = None,
     ) -> Lab:
         p = unique("daq")
         kv = {k: f"{p}_{k}" for k in ("peaches", "cheese")}
@@ -125,6 +135,7 @@ async def make_lab(mesh, auth, tmp_path):
             )
         )
         run_table = run_table_cls(f"{p}_run_table", next_id, insert_delay)
+        run_table.rows.update(open_rows or {})
         snapshot = FakeSnapshot(f"{p}_sc_snapshot", fail=snapshot_fails)
         peers.add_endpoint(run_table)
         peers.add_endpoint(snapshot)
@@ -141,7 +152,7 @@ async def make_lab(mesh, auth, tmp_path):
             daq_name="generic_daq",
             filename_prefix="rid",
             run_table_endpoint=run_table_name or run_table.name,
-            metadata_state_target=f"{p}_run_metadata",
+            metadata_state_target=metadata_state or f"{p}_run_metadata",
             metadata_target=f"{p}_metadata",
             snapshot_state_target=snapshot.name,
             set_condition_list=[10],
@@ -274,10 +285,68 @@ async def test_unknown_run_table_is_304_and_leaves_nothing(make_lab, client) -> 
 
 async def test_bad_run_time_is_304(make_lab, client) -> None:
     lab = await make_lab()
-    for bad in ("soon", 0, -5):
+    for bad in ("soon", 0, -5, "inf", 10**12):
         reply = await cmd(client, lab.name, "start_timed_run", "r", bad)
         assert reply.return_code == 304, bad
+    # NaN and Infinity are not JSON, but Python peers send them (json.dumps allows them)
+    for bad in (float("nan"), float("inf")):
+        reply = await cmd(client, lab.name, "start_timed_run", "r", bad)
+        assert reply.return_code == 304 and "finite" in reply.return_message, bad
+    reply = await cmd(client, lab.name, "start_timed_run", "x" * 1_000_000, 5)
+    assert reply.return_code == 304
+    assert "1000000 characters long; the limit is 255" in reply.return_message
     assert not lab.run_table.rows
+
+
+async def test_a_run_that_fails_to_start_is_ended_as_aborted(make_lab, client) -> None:
+    lab = await make_lab(metadata_state=unique("no_metadata_here"))
+    reply = await cmd(client, lab.name, "start_timed_run", "doomed", 30)
+    assert reply.return_code == 403  # the metadata MultiGet is not there
+    (row,) = lab.run_table.rows.values()
+    assert row["end_reason"] == "aborted" and row["end_timestamp"]
+    assert not lab.snapshot.calls  # no data was taken: no snapshot
+    assert not lab.daq.busy
+
+
+async def test_stopping_the_service_during_a_run_ends_it_with_a_snapshot(make_lab, client) -> None:
+    lab = await make_lab(next_id=77)
+    assert (
+        await cmd(client, lab.name, "start_timed_run", "interrupted_by_stop", 600)
+    ).return_code == 0
+    await lab.daq_service.stop()
+    row = lab.run_table.rows[77]
+    assert row["end_reason"] == "stopped" and row["end_timestamp"]
+    (call,) = lab.snapshot.calls
+    assert call[3].endswith("rid000000077_snapshot.json")
+    snapshot = lab.data / "000yyyxxx" / "000000xxx" / "000000077" / "rid000000077_snapshot.json"
+    assert snapshot.is_file()  # written through the stopping service's own metadata receiver
+
+
+async def test_runs_left_open_by_a_crash_are_closed_as_interrupted_at_start(
+    make_lab, client
+) -> None:
+    import datetime as dt
+
+    from insectarium.dripline.message import format_timestamp
+
+    hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    rows = {
+        5: {  # this DAQ's: planned to last 60 s, so it ended at the latest then
+            "run_name": "lost",
+            "daq_name": "generic_daq",
+            "start_timestamp": format_timestamp(hour_ago),
+            "run_time_s": 60,
+        },
+        6: {"run_name": "other daq", "daq_name": "another_daq", "start_timestamp": "x"},
+    }
+    lab = await make_lab(open_rows=rows)
+    await eventually(lambda: "end_reason" in lab.run_table.rows[5], timeout=15)
+    row = lab.run_table.rows[5]
+    assert row["end_reason"] == "interrupted"
+    assert row["end_timestamp"] == format_timestamp(hour_ago + dt.timedelta(seconds=60))
+    assert "end_reason" not in lab.run_table.rows[6]  # another DAQ's run is left alone
+    assert lab.snapshot.calls[0][:2] == [row["start_timestamp"], row["end_timestamp"]]
+    assert not lab.daq.busy
 
 
 async def test_timer_ends_the_run(make_lab, client) -> None:
@@ -330,9 +399,12 @@ async def test_internal_methods_are_not_commands(make_lab, client) -> None:
         "interrupt",
         "run_path",
         "on_set_condition",
+        "finish_run",
+        "end_for_shutdown",
+        "close_interrupted_runs",
     ):
         assert (await cmd(client, lab.name, name)).return_code == 306, name
-    for name in ("stop", "on_start"):
+    for name in ("stop", "on_start", "on_stopping"):
         assert (await cmd(client, lab.daq_service.name, name)).return_code == 306, name
 
 

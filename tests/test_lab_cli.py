@@ -139,3 +139,31 @@ def test_help_everywhere(argv: list[str]) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("usage: insectarium")
+
+
+@pytest.mark.parametrize("command", [["runs"], ["run", "{id}"]])
+def test_names_from_the_lab_are_printed_as_plain_text(
+    lab_database: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    """A run named '[/bold] oops' crashed rich (MarkupError); escape sequences were printed raw."""
+    hostile = "[/bold] oops [red]x[/red] :smile: \x1b[31mred\x1b[0m \u202eevil\nnext"
+    with psycopg.connect(lab_database, autocommit=True) as conn:
+        run_id = conn.execute(
+            "INSERT INTO runs.run_table (run_name, start_timestamp, end_timestamp, end_reason) "
+            "VALUES (%s, %s, %s, 'stopped') RETURNING run_id",
+            (hostile, START, START + dt.timedelta(seconds=5)),
+        ).fetchone()[0]
+    argv = [part.format(id=run_id) for part in command]
+    code, out = run_cli(
+        capsys,
+        "--dsn",
+        lab_database,
+        *argv,
+        *(["--data-dir", str(tmp_path)] if argv[0] == "run" else []),
+    )
+    assert code == 0, out
+    assert "[/bold] oops [red]x[/red] :smile:" in out  # markup and emoji codes as typed
+    assert "\\x1b[31mred\\x1b[0m" in out and "\x1b" not in out  # the escape is shown, not sent
+    assert "\\u202eevil\\nnext" in out and "\u202e" not in out
+    if argv[0] == "runs":
+        assert "stopped" in out  # how the run ended

@@ -142,3 +142,87 @@ async def test_survives_a_database_restart(lab_database: str, amqp_url: str, cli
             for name in ("after-1", "after-2")
         ]
     assert [r["run_id"] for r in after] == [2, 3]
+
+
+async def test_end_reason_and_open_runs(lab_database: str, amqp_url: str, client: Any) -> None:
+    table = lab_table(unique("run_table"))
+    async with running(run_service(lab_database, amqp_url, table)):
+        a = await client.cmd(table.name, "do_insert", keyed_args={"run_name": "a", "daq_name": "d"})
+        b = await client.cmd(table.name, "do_insert", keyed_args={"run_name": "b", "daq_name": "d"})
+        c = await client.cmd(table.name, "do_insert", keyed_args={"run_name": "c", "daq_name": "e"})
+        ended = await client.cmd(
+            table.name, "end_run", keyed_args={"run_id": a["run_id"], "end_reason": "stopped"}
+        )
+        with pytest.raises(ReplyError) as bad:
+            await client.cmd(
+                table.name, "end_run", keyed_args={"run_id": b["run_id"], "end_reason": "bored"}
+            )
+        open_d = await client.cmd(table.name, "open_runs", keyed_args={"daq_name": "d"})
+        open_all = await client.cmd(table.name, "open_runs")
+    assert ended["end_reason"] == "stopped"
+    assert bad.value.return_code.value == 304 and "end_reason must be one of" in bad.value.message
+    assert [r["run_id"] for r in open_d] == [b["run_id"]]
+    assert [r["run_id"] for r in open_all] == [b["run_id"], c["run_id"]]
+
+
+async def test_oversize_names_and_non_finite_durations_are_clear_304s(
+    lab_database: str, amqp_url: str, client: Any
+) -> None:
+    """A 1 MB run name used to fail as 'lost the connection' (the index refused it); a NaN or
+    infinite run_time_s was stored."""
+    table = lab_table(unique("run_table"))
+    async with running(run_service(lab_database, amqp_url, table)):
+        with pytest.raises(ReplyError) as long_name:
+            await client.cmd(table.name, "do_insert", keyed_args={"run_name": "n" * 1_000_000})
+        for bad in ("NaN", "Infinity", -1, 1e300):
+            with pytest.raises(ReplyError) as duration:
+                await client.cmd(
+                    table.name, "do_insert", keyed_args={"run_name": "r", "run_time_s": bad}
+                )
+            assert duration.value.return_code.value == 304, bad
+            assert "run_time_s must be" in duration.value.message
+        ok = await client.cmd(
+            table.name, "do_insert", keyed_args={"run_name": "n" * 255, "run_time_s": 60}
+        )
+    assert long_name.value.return_code.value == 304
+    assert "1000000 characters long; the limit is 255" in long_name.value.message
+    assert ok["run_id"] >= 1
+    with psycopg.connect(lab_database, autocommit=True) as conn:
+        # the database refuses them too (migration 005), should another writer try
+        for column, value in (("run_name", "n" * 300), ("run_time_s", "NaN")):
+            with pytest.raises(psycopg.errors.CheckViolation):
+                conn.execute(
+                    f"INSERT INTO runs.run_table (run_name, {column}) VALUES ('x', %s)"
+                    if column != "run_name"
+                    else "INSERT INTO runs.run_table (run_name) VALUES (%s)",
+                    (value,),
+                )
+
+
+async def test_a_statement_the_database_refuses_is_not_a_lost_connection(
+    lab_database: str, amqp_url: str, client: Any
+) -> None:
+    """An OperationalError on a working connection (here: a value too large for the btree
+    index on run_name, with the name limit lifted) is reported as refused, and the next
+    request works on the same service."""
+    table = lab_table(unique("run_table"))
+    with psycopg.connect(lab_database, autocommit=True) as conn:
+        conn.execute("ALTER TABLE runs.run_table DROP CONSTRAINT run_name_length")
+    async with running(run_service(lab_database, amqp_url, table)):
+        import insectarium.services.run_table as rt
+
+        limit, rt.MAX_NAME_LENGTH = rt.MAX_NAME_LENGTH, 10**7
+        try:
+            with pytest.raises(ReplyError) as refused:
+                await client.cmd(
+                    table.name,
+                    "do_insert",
+                    keyed_args={"run_name": "".join(f"{i:x}" for i in range(60_000))},
+                )
+        finally:
+            rt.MAX_NAME_LENGTH = limit
+        after = await client.cmd(table.name, "do_insert", keyed_args={"run_name": "fine"})
+    assert refused.value.return_code.value == 1200
+    assert "lost the connection" not in refused.value.message
+    assert "index row" in refused.value.message
+    assert after["run_id"] >= 1

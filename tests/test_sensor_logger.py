@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import uuid
 from typing import Any
@@ -278,3 +279,93 @@ async def test_database_missing_at_start_loses_nothing(
         ]
     finally:
         postgres_server.drop_database(name)
+
+
+async def test_a_classic_queue_of_an_older_version_is_converted_without_loss(
+    lab_database: str, amqp_url: str, publisher: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A lab installed by an older version has the queue as a classic queue: the logger
+    converts it to a quorum queue and stores every value it held or received meanwhile."""
+    import aiormq
+
+    caplog.set_level(logging.WARNING)
+    name = f"upgrade_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    queue = unique("sc_db_alerts")
+    kw = {"alert_queue_name": queue, "alert_queue_durable": True}
+    async with running(make_logger(lab_database, amqp_url, alert_queue_type="classic", **kw)):
+        pass  # what the older version left: a classic durable queue, bound
+    for i in range(300):
+        await publisher(name, {"value_raw": i}, f"2026-01-02T03:{i // 60:02d}:{i % 60:02d}.0Z")
+    logger = make_logger(lab_database, amqp_url, **kw)
+    async with running(logger):
+        for i in range(300, 350):  # arrive after the conversion
+            await publisher(name, {"value_raw": i}, f"2026-01-02T03:{i // 60:02d}:{i % 60:02d}.0Z")
+        await eventually(lambda: logger.stored >= 350, timeout=30)
+    assert [r[0] for r in rows(lab_database, "endpoint_numeric_data", name)] == [
+        float(i) for i in range(350)
+    ]
+    text = [r.getMessage() for r in caplog.records]
+    assert any("exists as a classic queue" in t and "converting" in t for t in text)
+    conn = Connection(mesh_for(amqp_url), auth_for(amqp_url).dripline, name="check")
+    await conn.connect()
+    try:
+        assert conn.connection is not None
+        channel = await conn.connection.channel()
+        # redeclaring as a quorum queue succeeds: it is one now ...
+        await channel.declare_queue(
+            queue, durable=True, arguments={"x-queue-type": "quorum"}, passive=False
+        )
+        await channel.queue_delete(queue)
+        # ... and the sibling used during the conversion is gone
+        with pytest.raises(aiormq.exceptions.ChannelNotFoundEntity):
+            probe = await conn.connection.channel()
+            await probe.declare_queue(f"{queue}.upgrade", passive=True)
+    finally:
+        await conn.close()
+
+
+async def test_invented_endpoint_names_cannot_grow_the_logger(
+    lab_database: str, amqp_url: str, publisher: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """50 000 unknown names grew the logger's memory, log and status reply (3 MB) without
+    bound; now per-name bookkeeping stops at MAX_TRACKED_NAMES and the rest is counted."""
+    from insectarium.dripline.limits import MAX_TRACKED_NAMES
+
+    caplog.set_level(logging.WARNING, logger="insectarium.services.sensor_logger")
+    tag = uuid.uuid4().hex[:6]
+    extra = 150
+    logger = make_logger(lab_database, amqp_url)
+    async with running(logger):
+        for i in range(MAX_TRACKED_NAMES + extra):
+            await publisher(f"ghost{i}_{tag}", {"value_raw": 1})
+        await eventually(
+            lambda: (
+                sum(logger.dropped_unknown.values()) + logger.dropped_unknown_other
+                == MAX_TRACKED_NAMES + extra
+            ),
+            timeout=30,
+        )
+        status = logger.status()
+    assert len(logger.dropped_unknown) == MAX_TRACKED_NAMES
+    assert logger.dropped_unknown_other == extra == status["dropped_unknown_other"]
+    assert len(logger._names) <= 10 * MAX_TRACKED_NAMES and len(logger._warned) <= MAX_TRACKED_NAMES
+    assert len(json.dumps(status)) < 100 * MAX_TRACKED_NAMES
+    warned = [r for r in caplog.records if "ghost" in r.getMessage()]
+    assert MAX_TRACKED_NAMES <= len(warned) <= MAX_TRACKED_NAMES + 2
+
+
+async def test_a_value_that_cannot_be_text_does_not_block_the_logger(
+    lab_database: str, amqp_url: str, publisher: Any
+) -> None:
+    """A lone surrogate (valid JSON, not valid UTF-8) in a string value is dropped, counted,
+    and the values after it are stored (it used to fail its batch forever)."""
+    name = f"surrogate_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "string"})
+    logger = make_logger(lab_database, amqp_url)
+    async with running(logger):
+        await publisher(name, {"value_raw": json.loads('"\\ud800"')}, "2026-01-02T03:04:05.0Z")
+        await publisher(name, {"value_raw": "fine"}, "2026-01-02T03:04:06.0Z")
+        await eventually(lambda: logger.stored == 1)
+        assert logger.dropped_malformed == 1
+    assert [r[0] for r in rows(lab_database, "endpoint_string_data", name)] == ["fine"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import uuid
 from typing import Any
 
@@ -339,8 +340,14 @@ async def test_calibration_failure_is_304(mesh, auth, client) -> None:
     async with running(svc):
         assert (await client.request(f"{name}_v", MsgOp.GET, {})).return_code == 304
         assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}
-        await client.set(f"{name}_d", 7)
-        assert (await client.request(f"{name}_d", MsgOp.GET, {})).return_code == 304
+        # a value the calibration cannot handle is refused and NOT stored (dripline-python
+        # stores it and then fails every get)
+        refused = await client.request(f"{name}_d", MsgOp.SET, {"values": [7]})
+        assert refused.return_code == 304 and "not in calibration dict" in refused.return_message
+        assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}
+        refused = await client.request(f"{name}_d", MsgOp.CMD, {"values": [7]}, specifier="on_set")
+        assert refused.return_code == 304
+        assert await client.get(f"{name}_d") == {"value_raw": 1, "value_cal": "on"}
 
 
 async def test_service_level_get_and_entity_alert_payload_json(lab, client) -> None:
@@ -367,3 +374,63 @@ def test_entity_rejects_bad_interval() -> None:
     with pytest.raises(ValueError, match="log_interval"):
         Entity("x", log_interval=-1)
     assert Entity("y", log_interval={"minutes": 1}).log_interval == 60
+
+
+async def test_interop_forms_of_the_reference(mesh, auth, client) -> None:
+    """Where dripline-python 5.1.1 is not at fault we answer as it does:
+    ``get <entity> -s log_interval`` replies its timedelta as text, ``cmd <entity> -s on_set V``
+    goes through the decorated on_set (get_on_set, log_on_set) and replies with the value set."""
+    name = unique("interop")
+    svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    peaches = KeyValueStore(
+        f"{name}_peaches",
+        initial_value=0.75,
+        calibration="2*{}",
+        log_interval=10,
+        get_on_set=True,
+        log_on_set=True,
+    )
+    plain = KeyValueStore(f"{name}_plain", initial_value=1, log_interval={"minutes": 1.5})
+    svc.add_endpoint(peaches)
+    svc.add_endpoint(plain)
+    recorder = Recorder(
+        unique("rec"),
+        alert_keys=[f"sensor_value.{peaches.name}"],
+        dripline_mesh=mesh,
+        authentication=auth,
+        heartbeat_interval_s=0,
+    )
+    async with running(recorder), running(svc):
+        assert await client.get(peaches.name, "log_interval") == {"values": ["0:00:10"]}
+        assert await client.get(plain.name, "log_interval") == {"values": ["0:01:30"]}
+        assert await client.cmd(peaches.name, "on_set", [0.9]) == {
+            "value_raw": 0.9,
+            "value_cal": 1.8,
+        }
+        assert await client.cmd(plain.name, "on_set", ["x"]) is None  # no get_on_set: null
+        assert await client.get(plain.name) == {"value_raw": "x"}
+        await eventually(
+            lambda: any(p == {"value_raw": 0.9, "value_cal": 1.8} for _r, p, _t in recorder.seen)
+        )
+        bad = await client.request(peaches.name, MsgOp.CMD, {"values": [1, 2]}, specifier="on_set")
+        assert bad.return_code == 304
+
+
+async def test_multi_chunk_warning_is_one_accurate_line_per_process(
+    mesh, auth, client, caplog: pytest.LogCaptureFixture
+) -> None:
+    from insectarium.dripline import connection
+
+    name = unique("chunky")
+    svc = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    svc.add_endpoint(KeyValueStore(f"{name}_v", initial_value=1))
+    connection._multi_chunk_warned = False
+    caplog.set_level(logging.WARNING, logger="insectarium.dripline.connection")
+    async with running(svc):
+        await svc.send_alert(f"status_message.{name}.notice", "x" * 25_000)  # an alert, split
+        await client.set(f"{name}_v", "y" * 25_000)  # a request, split
+        await client.set(f"{name}_v", "z" * 25_000)
+    lines = [r.getMessage() for r in caplog.records if "chunks" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"alert status_message.{name}.notice goes out in 3 chunks")
+    assert "dl-mon on requests and alerts" in lines[0] and "once per process" in lines[0]

@@ -61,6 +61,16 @@ class Lab:
     dsn: str
     logs: dict[str, Path]
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    argv: dict[str, list[str]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: Path = Path()
+
+    def start(self, name: str) -> None:
+        """(Re)start service ``name`` as the fixture first did (its log is appended to)."""
+        with self.logs[name].open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                self.argv[name], stdout=log, stderr=subprocess.STDOUT, env=self.env, cwd=self.cwd
+            )
 
     def agent(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """``dl-agent <connection options> <args>`` as a process."""
@@ -191,10 +201,8 @@ def lab(rabbitmq_server: Any, vhost: str, lab_database: str, tmp_path: Path) -> 
                 *connection,
                 *overrides,
             ]
-            with lab.logs[name].open("wb") as log:
-                lab.procs[name] = subprocess.Popen(
-                    argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=tmp_path
-                )
+            lab.argv[name], lab.env, lab.cwd = argv, env, tmp_path
+            lab.start(name)
             started.append(name)
             if name == FIRST:  # the logger's durable queue must exist before values flow
                 wait_until_answering(lab, [name])
@@ -340,16 +348,17 @@ def test_virtual_run(lab: Lab) -> None:
     # --- the run table
     rows = query(
         lab.dsn,
-        "SELECT run_id, run_name, start_timestamp, end_timestamp, daq_name, run_time_s "
-        "FROM runs.run_table",
+        "SELECT run_id, run_name, start_timestamp, end_timestamp, daq_name, run_time_s, "
+        "end_reason FROM runs.run_table",
     )
     assert len(rows) == 1, rows
-    row_id, row_name, start_ts, end_ts, daq_name, run_time_s = rows[0]
-    assert (row_id, row_name, daq_name, run_time_s) == (
+    row_id, row_name, start_ts, end_ts, daq_name, run_time_s, end_reason = rows[0]
+    assert (row_id, row_name, daq_name, run_time_s, end_reason) == (
         run_id,
         "e2e_run",
         "generic_daq",
         RUN_SECONDS,
+        "completed",
     )
     assert end_ts is not None and end_ts >= start_ts  # end_run reached the run table
 
@@ -396,3 +405,53 @@ def test_virtual_run(lab: Lab) -> None:
             "USING (endpoint_id) WHERE m.endpoint_name IS NULL OR m.endpoint_name = 'donuts'",
         )
         assert orphans == [(0,)], table
+
+
+def run_row(dsn: str, run_id: int) -> tuple[Any, ...]:
+    (row,) = query(
+        dsn,
+        "SELECT start_timestamp, end_timestamp, end_reason FROM runs.run_table WHERE run_id = %s",
+        run_id,
+    )
+    return row
+
+
+def run_files(lab: Lab, run_id: int) -> Path:
+    r = run_id
+    return lab.data_dir / f"{r // 10**6:03d}yyyxxx" / f"{r // 10**3:06d}xxx" / f"{r:09d}"
+
+
+def test_a_stopped_or_crashed_daq_leaves_no_run_open(lab: Lab) -> None:
+    """SIGTERM (supervisorctl stop) during a run ends it, snapshot included, before the DAQ
+    exits; a run left open by kill -9 is closed as interrupted when the DAQ starts again."""
+    import signal
+
+    daq = "not-generic_daq"
+    first = lab.client.cmd("daq_interface", "start_timed_run", ["stopped_run", 600])
+    time.sleep(1)
+    lab.procs[daq].send_signal(signal.SIGTERM)
+    assert lab.procs[daq].wait(30) == 0, lab.diagnostics()
+    start, end, reason = run_row(lab.dsn, first)
+    assert reason == "stopped" and end is not None and end >= start
+    files = run_files(lab, first)
+    assert (files / f"rid{first:09d}_snapshot.json").is_file(), lab.diagnostics()
+    assert json.loads((files / f"rid{first:09d}.json").read_text())["data_end"] is not None
+
+    lab.start(daq)
+    wait_until_answering(lab, [daq])
+    second = lab.client.cmd("daq_interface", "start_timed_run", ["crashed_run", 600])
+    time.sleep(1)
+    lab.procs[daq].kill()  # no chance to end anything
+    lab.procs[daq].wait(10)
+    assert run_row(lab.dsn, second)[1] is None  # left open
+    lab.start(daq)
+    wait_until_answering(lab, [daq])
+    wait_for(lambda: run_row(lab.dsn, second)[2] is not None, 60, "the open run closed", lab)
+    start, end, reason = run_row(lab.dsn, second)
+    assert reason == "interrupted" and start <= end
+    assert (run_files(lab, second) / f"rid{second:09d}_snapshot.json").is_file()
+    # the first run was not touched again, and the DAQ works
+    assert run_row(lab.dsn, first)[2] == "stopped"
+    third = lab.client.cmd("daq_interface", "start_timed_run", ["after_crash", 600])
+    assert lab.client.cmd("daq_interface", "end_run")["end_reason"] == "ended"
+    assert run_row(lab.dsn, third)[2] == "ended"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import testinfra
@@ -67,3 +68,17 @@ def db(lab_host: Callable[[str], Host]) -> Host:
 @pytest.fixture(scope="session")
 def services(lab_host: Callable[[str], Host]) -> Host:
     return lab_host("lab_services")
+
+
+@pytest.fixture(scope="session")
+def secrets(inventory: str) -> dict[str, Any]:
+    """The inventory's `vault_*` values, as Ansible sees them for the services host.
+
+    Read through the inventory (group_vars included), so the same tests know the test lab's
+    passwords on every target without naming a file. An encrypted vault needs its password in
+    the environment, as it does for `ansible-playbook`.
+    """
+    runner = AnsibleRunner(inventory)
+    host = runner.get_hosts("lab_services")[0]
+    variables = runner.get_variables(host)
+    return {k: v for k, v in variables.items() if k.startswith("vault_")}

@@ -18,6 +18,7 @@ from .common import (
     add_connection_options,
     mesh_overrides,
     parse_allowing_trailing_values,
+    printable,
     setup_logging,
     split_arguments,
 )
@@ -123,12 +124,13 @@ def add_message_options(parser: argparse.ArgumentParser, *, suppress: bool = Fal
 
 
 def text_dump(msg: Any) -> str:
+    """dl-agent's reply dump; text from the wire is printed as plain, escaped text."""
     lines = [
-        f"Routing key: {msg.routing_key}",
-        f"Correlation ID: {msg.correlation_id}",
+        f"Routing key: {printable(msg.routing_key)}",
+        f"Correlation ID: {printable(msg.correlation_id)}",
         f"Return Code: {msg.return_code}",
-        f"Return Message: {msg.return_message}",
-        f"Payload: {json.dumps(msg.payload, default=str)}",
+        f"Return Message: {printable(msg.return_message)}",
+        f"Payload: {json.dumps(msg.payload, default=str)}",  # JSON escapes control characters
     ]
     return "\n".join(lines)
 
@@ -146,7 +148,7 @@ def save_payload(path: str, payload: Any) -> None:
 async def run(args: argparse.Namespace) -> int:
     from ..dripline import Authentication, ConfigError, Interface, Message, MsgOp
     from ..dripline.config import load_file, load_mesh
-    from ..dripline.connection import BrokerUnavailable, Connection
+    from ..dripline.connection import BrokerUnavailable, Connection, PublishRefused
 
     file_cfg: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -213,9 +215,13 @@ async def run(args: argparse.Namespace) -> int:
     try:
         if op in ("alert", "reply"):
             conn = Connection(mesh, auth.dripline, name="dl-agent")
-            await conn.connect()
+            await conn.connect(timeout_s=timeout or None)
             try:
-                await conn.publish(msg)
+                # confirmed, so that a routing key this user may not use is an error here
+                await conn.publish(msg, confirm=True)
+            except PublishRefused as exc:
+                print(f"dl-agent: {op} not sent: {exc}", file=sys.stderr)
+                return 4  # 403 client_error_unable_to_send // 100
             finally:
                 await conn.close()
             return 0

@@ -38,6 +38,17 @@ def add_connection_options(parser: argparse.ArgumentParser, *, suppress: bool = 
     g.add_argument("--max-payload", type=int, default=d, help="max payload bytes per chunk (10000)")
     g.add_argument("--heartbeat-routing-key", default=d)
     g.add_argument("--max-connection-attempts", type=int, default=d)
+    t = parser.add_argument_group("TLS (amqps; or give -b amqps://host[:port])")
+    t.add_argument(
+        "--tls",
+        action="store_const",
+        const=True,
+        default=d,
+        help="connect with TLS (port 5671 unless -p), verifying the broker's certificate",
+    )
+    t.add_argument("--tls-ca-file", default=d, help="CA certificate(s) to verify the broker with")
+    t.add_argument("--tls-cert-file", default=d, help="client certificate (PEM), if required")
+    t.add_argument("--tls-key-file", default=d, help="key of the client certificate (PEM)")
     o = parser.add_argument_group("general")
     o.add_argument("-c", "--config", default=d, help="YAML/JSON configuration file")
     o.add_argument(
@@ -71,6 +82,10 @@ def mesh_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "max_payload": "max_payload_size",
         "heartbeat_routing_key": "heartbeat_routing_key",
         "max_connection_attempts": "max_connection_attempts",
+        "tls": "tls",
+        "tls_ca_file": "tls_ca_file",
+        "tls_cert_file": "tls_cert_file",
+        "tls_key_file": "tls_key_file",
     }
     return {k: getattr(args, a) for a, k in mapping.items() if getattr(args, a, None) is not None}
 
@@ -159,6 +174,25 @@ def split_arguments(items: list[str]) -> tuple[list[Any], dict[str, Any]]:
         else:
             values.append(parse_scalar(item))
     return values, keywords
+
+
+def printable(value: object) -> str:
+    """Text from the lab (names, values, messages) as plain terminal text.
+
+    Characters that would act on the terminal instead of being shown — control characters
+    (an escape sequence in a run name recolours or rewrites the screen), line breaks, and the
+    Unicode format characters that reorder or hide text (bidi overrides, zero-width) — are
+    shown as their Python escapes (``\\x1b``, ``\\n``, ``\\u202e``).  Cheap when there is
+    nothing to escape.  Printed through rich, pass the result as ``rich.text.Text`` so that no
+    markup (``[bold]``) or emoji code (``:smile:``) is interpreted.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if text.isprintable():
+        return text
+    return "".join(
+        c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+        for c in text
+    )
 
 
 def mask(config: Mapping[str, Any]) -> dict[str, Any]:

@@ -41,6 +41,7 @@ from .common import (
     add_connection_options,
     mesh_overrides,
     parse_allowing_trailing_values,
+    printable,
     set_address,
     setup_logging,
 )
@@ -148,33 +149,36 @@ def format_reply(target: str, values: list[Any], reply: Any) -> str:
     if sender == "unknown":  # a reply made by the client itself (403 unroutable, 404 timeout)
         sender = ""
     head = "->".join([target, *(str(v) for v in values)])
-    return f"{head}(ret:{reply.return_code}): [{sender}]-> {reply.payload!r}"
+    line = f"{head}(ret:{reply.return_code}): [{sender}]-> {reply.payload!r}"
+    return printable(line)
 
 
 def pretty(payload: Any) -> str:
     if isinstance(payload, dict) and "value_cal" in payload:
         value = payload["value_cal"]
-        return value if isinstance(value, str) else json.dumps(value, default=str)
+        return printable(value) if isinstance(value, str) else json.dumps(value, default=str)
     return json.dumps(payload, indent=4, default=str)
 
 
 class Printer:
-    """Plain lines when piped; red error lines through rich on a terminal."""
+    """Plain lines when piped; red error lines through rich on a terminal (as plain text: no
+    markup, no emoji codes)."""
 
     def __init__(self) -> None:
         self.console = None
         if sys.stdout.isatty():
             from rich.console import Console
 
-            self.console = Console(highlight=False, soft_wrap=True)
+            self.console = Console(highlight=False, emoji=False, soft_wrap=True)
 
     def line(self, text: str, error: bool = False) -> None:
+        text = printable(text)
         if self.console is None:
             print(text, flush=True)
             return
-        from rich.markup import escape
+        from rich.text import Text
 
-        self.console.print(f"[red]{escape(text)}[/red]" if error else escape(text))
+        self.console.print(Text(text, style="red" if error else ""))
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -3,11 +3,22 @@
 * ``insectarium runs [--last N]`` — recent runs (id, name, start, end, duration);
 * ``insectarium run RUN_ID`` — one run: its row, the files of its run directory and how many
   values each endpoint logged during the run;
+* ``insectarium report RUN_ID`` — write the run report (HTML with plots + CSV of the values), the
+  same one the DAQ writes at the end of a run: from the database (read-only role), or with
+  ``--from-files`` from the run directory's snapshot alone;
 * ``insectarium db migrate [--seed]`` — apply the SQL migrations (``insectarium.db.migrations``).
 
 It reads the database directly (no broker needed), so it still works when the services are down.
 Connection: ``--dsn``, or ``--host/--port/--dbname`` with the user and password of the auth file
-group ``postgres`` (``--auth-file``) or ``POSTGRES_USER``/``POSTGRES_PASSWORD``.
+group ``postgres`` (``--auth-file``, default ``~/.dripline_authentications.yaml``) or
+``POSTGRES_USER``/``POSTGRES_PASSWORD``.  That group may also say where the database is and how
+to reach it (``host``, ``port``, ``dbname``, ``sslmode``, ``sslrootcert``, ``sslcert``,
+``sslkey``): the lab writes it so for its shifter account, so ``insectarium runs`` needs no
+options.  Options and ``PG*`` variables win over the file.
+
+Everything read from the lab is printed as plain text (:func:`~.common.printable` in a
+``rich.text.Text``): a run named ``[/bold] oops`` is shown as such instead of crashing rich's
+markup parser, and escape sequences in names are shown escaped instead of acting on the terminal.
 """
 
 from __future__ import annotations
@@ -19,13 +30,17 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .common import printable
+
 if TYPE_CHECKING:
     import psycopg
     from rich.console import Console
+    from rich.text import Text
 
 DATA_DIR_ENV = "INSECTARIUM_DATA_DIR"
 DEFAULT_DATA_DIR = "/var/lib/insectarium/data"
 DATA_TABLES = ("endpoint_numeric_data", "endpoint_string_data", "endpoint_json_data")
+DB_TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
 
 
 # --------------------------------------------------------------------------- arguments
@@ -44,19 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     db.add_argument(
         "--host",
-        default=os.environ.get("PGHOST", "localhost"),
-        help="database server (default $PGHOST or localhost)",
+        default=os.environ.get("PGHOST"),
+        help="database server (default $PGHOST, the auth file's postgres.host, or localhost)",
     )
     db.add_argument(
         "--port",
         type=int,
-        default=int(os.environ.get("PGPORT", "5432")),
-        help="database port (default $PGPORT or 5432)",
+        default=int(os.environ["PGPORT"]) if os.environ.get("PGPORT") else None,
+        help="database port (default $PGPORT, the auth file's postgres.port, or 5432)",
     )
     db.add_argument(
         "--dbname",
-        default=os.environ.get("PGDATABASE", "sc_db"),
-        help="database name (default $PGDATABASE or sc_db)",
+        default=os.environ.get("PGDATABASE"),
+        help="database name (default $PGDATABASE, the auth file's postgres.dbname, or sc_db)",
     )
     db.add_argument(
         "--auth-file",
@@ -84,6 +99,33 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"data directory of the DAQ (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
     )
 
+    report = sub.add_parser(
+        "report",
+        help="write a run's report (HTML + CSV)",
+        description="Write <prefix><RUN_ID>_report.html (plots, summary, metadata, files) and "
+        "_values.csv (every value) for a run: from the database, or with --from-files from the "
+        "run directory's end-of-run snapshot (no database needed).",
+    )
+    report.add_argument("run_id", type=int, metavar="RUN_ID")
+    report.add_argument(
+        "--data-dir",
+        default=os.environ.get(DATA_DIR_ENV, DEFAULT_DATA_DIR),
+        help=f"data directory of the DAQ (default ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})",
+    )
+    report.add_argument(
+        "--from-files",
+        action="store_true",
+        help="read the run directory's snapshot instead of the database",
+    )
+    report.add_argument(
+        "--out",
+        default=None,
+        help="directory to write into (default: the run directory if writable, else .)",
+    )
+    report.add_argument(
+        "--prefix", default="rid", help="file name prefix (default rid, as the lab's DAQ)"
+    )
+
     dbcmd = sub.add_parser("db", help="database maintenance", description="Database maintenance.")
     dbsub = dbcmd.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     migrate = dbsub.add_parser(
@@ -109,15 +151,21 @@ def conninfo(args: argparse.Namespace) -> str:
 
     from insectarium.dripline.config import Authentication
 
-    params: dict[str, Any] = (
-        dict(conninfo_to_dict(args.dsn))
-        if args.dsn
-        else {"host": args.host, "port": args.port, "dbname": args.dbname}
-    )
+    auth = Authentication.load(args.auth_file)
+    group = auth.groups.get("postgres", {})
+    if args.dsn:
+        params: dict[str, Any] = dict(conninfo_to_dict(args.dsn))
+    else:
+        given = {"host": args.host, "port": args.port, "dbname": args.dbname}
+        defaults = {"host": "localhost", "port": 5432, "dbname": "sc_db"}
+        params = {k: v if v is not None else group.get(k) or defaults[k] for k, v in given.items()}
     if "user" not in params or "password" not in params:
-        creds = Authentication.load(args.auth_file).postgres
+        creds = auth.postgres
         params.setdefault("user", creds.username)
         params.setdefault("password", creds.password)
+    for key in DB_TLS_KEYS:  # how to reach the server securely (libpq's names)
+        if group.get(key) and key not in params and not os.environ.get(f"PG{key.upper()}"):
+            params[key] = group[key]
     params.setdefault("connect_timeout", 5)
     return make_conninfo(**params)
 
@@ -159,7 +207,14 @@ def run_directory(data_dir: str | os.PathLike[str], run_id: int) -> Path:
 def _console() -> Console:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=False, width=max(100, _terminal_width()))
+    return Console(highlight=False, emoji=False, soft_wrap=False, width=max(100, _terminal_width()))
+
+
+def cell(value: Any, style: str = "") -> Text:
+    """A table cell or line holding lab data: plain text, never markup."""
+    from rich.text import Text
+
+    return Text(printable(value), style=style)
 
 
 def _terminal_width() -> int:
@@ -182,21 +237,22 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     from rich.table import Table
 
     if args.last < 1:
-        console.print("[red]--last must be at least 1[/red]")
+        console.print(cell("--last must be at least 1", "red"))
         return 2
     with connect(args) as conn:
         rows = _fetch_runs(conn, args.last)
     table = Table(title=f"runs (newest {args.last})")
-    for column in ("run_id", "name", "start (UTC)", "end (UTC)", "duration"):
+    for column in ("run_id", "name", "start (UTC)", "end (UTC)", "duration", "ended"):
         table.add_column(column, justify="right" if column == "run_id" else "left")
     for row in rows:
         end = row.get("end_timestamp")
         table.add_row(
-            str(row["run_id"]),
-            str(row.get("run_name", "")),
-            fmt_time(row.get("start_timestamp")),
-            fmt_time(end),
-            fmt_duration(row.get("start_timestamp"), end),
+            cell(row["run_id"]),
+            cell(row.get("run_name", "")),
+            cell(fmt_time(row.get("start_timestamp"))),
+            cell(fmt_time(end)),
+            cell(fmt_duration(row.get("start_timestamp"), end)),
+            cell(row.get("end_reason") or ("-" if end is None else "")),
         )
     if not rows:
         console.print("no runs yet")
@@ -235,7 +291,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             cur.execute("SELECT * FROM runs.run_table WHERE run_id = %s", (args.run_id,))
             row = cur.fetchone()
         if row is None:
-            console.print(f"[red]there is no run {args.run_id}[/red]")
+            console.print(cell(f"there is no run {args.run_id}", "red"))
             return 1
         start = row.get("start_timestamp")
         end = row.get("end_timestamp")
@@ -246,12 +302,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     info.add_column("column", style="bold")
     info.add_column("value")
     for key, value in row.items():
-        info.add_row(str(key), fmt_time(value) if isinstance(value, dt.datetime) else str(value))
-    info.add_row("duration", fmt_duration(start, end))
+        info.add_row(cell(key), cell(fmt_time(value) if isinstance(value, dt.datetime) else value))
+    info.add_row("duration", cell(fmt_duration(start, end)))
     console.print(info)
 
     directory = run_directory(args.data_dir, args.run_id)
-    files = Table(title=f"files in {directory}")
+    files = Table(title=cell(f"files in {directory}"))
     files.add_column("file")
     files.add_column("bytes", justify="right")
     files.add_column("modified (UTC)")
@@ -259,22 +315,54 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     for path in entries:
         stat = path.stat()
         modified = dt.datetime.fromtimestamp(stat.st_mtime, dt.UTC)
-        files.add_row(path.name, str(stat.st_size), fmt_time(modified))
+        files.add_row(cell(path.name), cell(stat.st_size), cell(fmt_time(modified)))
     if entries:
         console.print(files)
     else:
-        console.print(f"no files in {directory}")
+        console.print(cell(f"no files in {directory}"))
 
     label = f"{fmt_time(start)} .. {fmt_time(end) if end else 'now'}"
     values = Table(title=f"values logged during the run ({label} UTC)")
     for column in ("endpoint", "type", "values", "first", "last"):
         values.add_column(column, justify="right" if column == "values" else "left")
     for name, kind, count, first, last in counts:
-        values.add_row(name, kind, str(count), fmt_time(first), fmt_time(last))
+        values.add_row(
+            cell(name), cell(kind), cell(count), cell(fmt_time(first)), cell(fmt_time(last))
+        )
     if counts:
         console.print(values)
     else:
-        console.print(f"no values logged during the run ({label} UTC)")
+        console.print(cell(f"no values logged during the run ({label} UTC)"))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace, console: Console) -> int:
+    from insectarium import report as reports
+
+    if args.run_id < 0:
+        console.print("[red]RUN_ID must not be negative[/red]")
+        return 2
+    directory = reports.run_directory(args.data_dir, args.run_id)
+    if args.from_files:
+        if not directory.is_dir():
+            console.print(f"[red]no run directory {directory}[/red]")
+            return 1
+        built = reports.from_run_directory(directory, args.run_id)
+    else:
+        with connect(args) as conn:
+            try:
+                built = reports.from_database(conn, args.run_id, data_directory=args.data_dir)
+            except LookupError as exc:
+                console.print(f"[red]{exc}[/red]")
+                return 1
+    out = Path(args.out) if args.out else directory
+    if not args.out and not (directory.is_dir() and os.access(directory, os.W_OK)):
+        out = Path.cwd()
+    written = reports.write_report(built, out, f"{args.prefix}{args.run_id:09d}")
+    for path in written:
+        console.print(f"wrote {path}")
+    for note in built.notes:
+        console.print(f"[yellow]note: {note}[/yellow]")
     return 0
 
 
@@ -283,18 +371,18 @@ def cmd_db(args: argparse.Namespace, console: Console) -> int:
 
     applied = migrations.migrate(conninfo(args), args.sql_dir, seed=args.seed)
     if applied:
-        console.print("applied: " + ", ".join(m.filename for m in applied))
+        console.print(cell("applied: " + ", ".join(m.filename for m in applied)))
     else:
-        console.print("database is up to date")
+        console.print(cell("database is up to date"))
     if args.seed:
-        console.print("seed applied")
+        console.print(cell("seed applied"))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = _console()
-    commands = {"runs": cmd_runs, "run": cmd_run, "db": cmd_db}
+    commands = {"runs": cmd_runs, "run": cmd_run, "report": cmd_report, "db": cmd_db}
     try:
         import psycopg
     except ImportError:  # pragma: no cover - psycopg is a dependency
@@ -303,14 +391,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args, console)
     except psycopg.OperationalError as exc:
-        print(f"error: cannot reach the database: {_scrub(exc, args)}", file=sys.stderr)
+        print(f"error: cannot reach the database: {printable(_scrub(exc, args))}", file=sys.stderr)
         return 2
     except psycopg.Error as exc:
-        print(f"error: database: {_scrub(exc, args)}", file=sys.stderr)
+        print(f"error: database: {printable(_scrub(exc, args))}", file=sys.stderr)
         return 2
     except Exception as exc:
         if type(exc).__name__ in ("MigrationError", "ChecksumMismatch"):
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {printable(exc)}", file=sys.stderr)
             return 1
         raise
 

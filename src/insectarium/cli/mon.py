@@ -13,9 +13,13 @@ import asyncio
 import json
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .common import add_connection_options, mesh_overrides, setup_logging
+from ..dripline.limits import clip
+from .common import add_connection_options, mesh_overrides, printable, setup_logging
+
+if TYPE_CHECKING:
+    from rich.text import Text
 
 OPS = {0: "set", 1: "get", 9: "cmd"}
 TYPES = {2: "reply", 3: "request", 4: "alert"}
@@ -53,36 +57,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def describe_line(msg: Any, exchange: str) -> str:
-    """One rich-markup line per message; text from the wire is escaped."""
-    from rich.markup import escape
+def describe_line(msg: Any, exchange: str) -> Text:
+    """One line per message, as rich ``Text``: wire text is never read as markup or emoji
+    codes, and control characters in it are shown escaped."""
+    from rich.text import Text
 
     kind = TYPES.get(msg.message_type, f"type{msg.message_type}")
     when = msg.timestamp[11:23] if len(msg.timestamp) >= 23 else msg.timestamp
     sender = msg.sender_info.get("service_name") or "?"
     host = msg.sender_info.get("hostname") or "?"
-    parts = [f"[dim]{when}[/dim]", f"[bold]{kind:7}[/bold]"]
+    line = Text()
+    line.append(printable(when), style="dim").append(" ")
+    line.append(f"{kind:7}", style="bold").append(" ")
     if msg.message_type == 3:
-        parts.append(f"{OPS.get(msg.message_operation, msg.message_operation)}")
-    parts.append(f"[cyan]{escape(msg.routing_key)}[/cyan]")
+        line.append(f"{OPS.get(msg.message_operation, msg.message_operation)} ")
+    line.append(printable(clip(msg.routing_key, 200)), style="cyan")
     if msg.specifier:
-        parts.append(f"-s {escape(msg.specifier)}")
+        line.append(f" -s {printable(clip(msg.specifier, 200))}")
     if msg.message_type == 2:
         colour = "green" if msg.return_code < 100 else "red"
-        parts.append(f"[{colour}]{msg.return_code}[/{colour}] {escape(msg.return_message)}")
-    parts.append(escape(f"from {sender}@{host}"))
+        line.append(f" {msg.return_code}", style=colour)
+        line.append(f" {printable(clip(msg.return_message, 300))}")
+    line.append(f" from {printable(clip(f'{sender}@{host}', 200))}")
+    if not msg.is_valid:
+        return line.append(f" INVALID: {printable(clip(msg.error, 300))}", style="red")
     body = json.dumps(msg.payload, default=str)
     if len(body) > 200:
         body = body[:197] + "..."
-    if not msg.is_valid:
-        body = f"[red]INVALID: {escape(msg.error)}[/red]"
-        return " ".join([*parts, body])
-    parts.append(escape(f"→ {body}"))
-    return " ".join(parts)
+    return line.append(f" → {body}")
+
+
+class BindRefused(PermissionError):
+    """The broker refused a binding (topic permissions of this user)."""
 
 
 async def monitor(args: argparse.Namespace) -> int:
     import aio_pika
+    import aiormq
     from rich.console import Console
 
     from ..dripline import Authentication
@@ -90,7 +101,7 @@ async def monitor(args: argparse.Namespace) -> int:
     from ..dripline.config import load_mesh
     from ..dripline.connection import Connection
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, emoji=False)
     mesh = load_mesh(mesh_overrides(args))
     auth = Authentication.load(
         args.auth_file,
@@ -119,17 +130,27 @@ async def monitor(args: argparse.Namespace) -> int:
         if args.count and seen >= args.count:
             done.set()
 
-    reassembler = Reassembler(show)
+    reassembler = Reassembler(
+        show, max_message_size=mesh.max_message_size, max_payload_size=mesh.max_payload_size
+    )
 
     async def on_delivery(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
         exchanges[incoming.routing_key or ""] = incoming.exchange
         await reassembler.feed(Delivery.from_incoming(incoming))
 
     queue = await conn.channel.declare_queue("", exclusive=True, auto_delete=True)
-    for key in args.requests_keys:
-        await queue.bind(mesh.requests_exchange, routing_key=key)
-    for key in args.alerts_keys:
-        await queue.bind(mesh.alerts_exchange, routing_key=key)
+    bindings = [(mesh.requests_exchange, k) for k in args.requests_keys] + [
+        (mesh.alerts_exchange, k) for k in args.alerts_keys
+    ]
+    for exchange_name, key in bindings:
+        try:
+            await queue.bind(exchange_name, routing_key=key)
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            await conn.close()
+            raise BindRefused(
+                f"the broker refused to let user {auth.dripline.username!r} watch {key!r} on "
+                f"{exchange_name!r}: {exc.args[0] if exc.args else exc}"
+            ) from None
     await queue.consume(on_delivery, no_ack=True)
     keys = [f"requests:{k}" for k in args.requests_keys] + [f"alerts:{k}" for k in args.alerts_keys]
     print(
@@ -154,13 +175,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 4
+    from ..dripline.config import ConfigError
     from ..dripline.connection import BrokerUnavailable
 
     try:
         return asyncio.run(monitor(args))
+    except ConfigError as exc:
+        print(f"dl-mon: configuration error:\n{exc}", file=sys.stderr)
+        return 4
     except BrokerUnavailable as exc:
         print(f"dl-mon: {exc}", file=sys.stderr)
         return 1
+    except BindRefused as exc:
+        print(f"dl-mon: {exc}", file=sys.stderr)
+        return 4
     except KeyboardInterrupt:
         return 0
 

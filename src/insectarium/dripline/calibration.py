@@ -4,8 +4,18 @@ dripline-python formats the raw value into the expression string and evaluates i
 We do the same substitution, then evaluate with a small AST walker that only knows arithmetic,
 comparisons, conditionals, constants and an allow-list of functions: no attribute access, no
 imports, no comprehensions, no lambdas — nothing a config file or a ``set`` value could use to
-reach the interpreter.  Expressions that would eat the machine (huge powers or repetitions) are
-refused.
+reach the interpreter.
+
+A ``set`` value is formatted into the expression, so its cost is the peer's to choose: the
+expression's length and number of nodes are bounded, and so is every intermediate result
+(integers to :data:`~.limits.MAX_CALIBRATION_INT_BITS` bits, strings and lists to
+:data:`~.limits.MAX_CALIBRATION_SEQUENCE` items).  ``((9**999)**999)**4`` is refused at the
+second power instead of computing a number of three million digits on the event loop, and every
+evaluation stays in the microsecond-to-millisecond range.
+
+A number (the common case: every scheduled log of a sensor) is not formatted into the text at
+all: the expression is parsed once with a name in place of ``{}`` and evaluated with the number
+bound to it, which gives the same result without a parse per value.
 """
 
 from __future__ import annotations
@@ -17,8 +27,17 @@ import operator
 from collections.abc import Callable, Mapping
 from typing import Any
 
-_MAX_POWER_EXPONENT = 1000
-_MAX_SEQUENCE = 100_000
+from .limits import (
+    MAX_CALIBRATION_EXPRESSION,
+    MAX_CALIBRATION_INT_BITS,
+    MAX_CALIBRATION_NODES,
+    MAX_CALIBRATION_SEQUENCE,
+)
+
+_RAW = "__raw_value__"
+"""Name the raw value is bound to when a numeric value is calibrated without re-parsing."""
+_CACHE_EXPRESSION = 200
+"""Expressions up to this length are cached once parsed (string values, formatted in)."""
 
 
 class CalibrationError(ValueError):
@@ -81,21 +100,61 @@ _COMPARE: dict[type[ast.cmpop], Callable[[Any, Any], Any]] = {
 }
 
 
-@functools.lru_cache(maxsize=1024)
 def _parse(expression: str) -> ast.expr:
-    """Parsed expressions are cached: a calibration is evaluated on every get and log."""
-    return ast.parse(expression, mode="eval").body
+    """The syntax tree of a bounded expression (``CalibrationError`` when over the bounds)."""
+    if len(expression) > MAX_CALIBRATION_EXPRESSION:
+        raise CalibrationError(
+            f"calibration input of {len(expression)} characters exceeds the limit of "
+            f"{MAX_CALIBRATION_EXPRESSION}"
+        )
+    if len(expression) <= _CACHE_EXPRESSION:
+        return _parse_cached(expression)
+    return _parse_uncached(expression)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_cached(expression: str) -> ast.expr:
+    return _parse_uncached(expression)
+
+
+def _parse_uncached(expression: str) -> ast.expr:
+    try:
+        body = ast.parse(expression.strip(), mode="eval").body
+    except SyntaxError as exc:
+        raise CalibrationError(f"cannot parse {expression!r}: {exc.msg}") from None
+    except (ValueError, RecursionError, MemoryError) as exc:  # e.g. null bytes, deep nesting
+        raise CalibrationError(f"cannot parse the calibration input: {exc}") from None
+    nodes = sum(1 for _ in ast.walk(body))
+    if nodes > MAX_CALIBRATION_NODES:
+        raise CalibrationError(
+            f"calibration expression has {nodes} terms; the limit is {MAX_CALIBRATION_NODES}"
+        )
+    return body
+
+
+@functools.lru_cache(maxsize=256)
+def _template(calibration: str) -> ast.expr | None:
+    """The configured expression parsed once with a name for ``{}``; ``None`` when it cannot
+    be (format specs, several fields): such calibrations are formatted as text every time."""
+    try:
+        text = calibration.format(_RAW)
+    except (IndexError, KeyError, ValueError):
+        return None
+    if _RAW not in text:
+        return None
+    try:
+        return _parse(text)
+    except CalibrationError:
+        return None
 
 
 class SafeEvaluator:
     def __init__(self, names: Mapping[str, Any] | None = None) -> None:
         self.names = {**DEFAULT_FUNCTIONS, **(names or {})}
 
-    def evaluate(self, expression: str) -> Any:
-        try:
-            body = _parse(expression.strip())
-        except SyntaxError as exc:
-            raise CalibrationError(f"cannot parse {expression!r}: {exc.msg}") from None
+    def evaluate(self, expression: str | ast.expr) -> Any:
+        """Value of ``expression`` (text, or a tree from :func:`_parse`)."""
+        body = _parse(expression) if isinstance(expression, str) else expression
         try:
             return self._eval(body)
         except CalibrationError:
@@ -103,21 +162,22 @@ class SafeEvaluator:
         except OverflowError:
             raise
         except (ArithmeticError, TypeError, ValueError) as exc:
-            raise CalibrationError(f"{expression!r}: {exc}") from None
+            shown = expression if isinstance(expression, str) else ast.unparse(expression)
+            raise CalibrationError(f"{shown[:200]!r}: {exc}") from None
 
     def _eval(self, node: ast.AST) -> Any:
         if isinstance(node, ast.Constant):
             if isinstance(node.value, int | float | complex | str | bool) or node.value is None:
-                return node.value
+                return _bounded(node.value)
             raise CalibrationError(f"constant {node.value!r} not allowed")
         if isinstance(node, ast.Name):
             if node.id in self.names:
                 return self.names[node.id]
-            raise CalibrationError(f"unknown name {node.id!r}")
+            raise CalibrationError(f"unknown name {node.id[:100]!r}")
         if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
             left, right = self._eval(node.left), self._eval(node.right)
-            self._check_size(node.op, left, right)
-            return _BINOPS[type(node.op)](left, right)
+            _check_operands(node.op, left, right)
+            return _bounded(_BINOPS[type(node.op)](left, right))
         if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
             return _UNARY[type(node.op)](self._eval(node.operand))
         if isinstance(node, ast.BoolOp):
@@ -145,29 +205,63 @@ class SafeEvaluator:
             func = self._eval(node.func)
             if not callable(func):
                 raise CalibrationError(f"{node.func.id!r} is not a function")
-            return func(*[self._eval(a) for a in node.args])
+            return _bounded(func(*[self._eval(a) for a in node.args]))
         raise CalibrationError(f"{type(node).__name__} is not allowed in a calibration")
 
-    @staticmethod
-    def _check_size(op: ast.operator, left: Any, right: Any) -> None:
+
+def _check_operands(op: ast.operator, left: Any, right: Any) -> None:
+    """Refuse an operation whose result would be too large *before* computing it."""
+    if isinstance(op, ast.Pow):
         if (
-            isinstance(op, ast.Pow)
-            and isinstance(right, int | float)
-            and abs(right) > _MAX_POWER_EXPONENT
+            _is_int(left)
+            and _is_int(right)
+            and right > 0
+            and abs(left) > 1
+            and left.bit_length() * right > MAX_CALIBRATION_INT_BITS
         ):
-            raise CalibrationError(f"exponent {right} too large")
-        if isinstance(op, ast.Mult):
-            for seq, n in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | list)
-                    and isinstance(n, int)
-                    and len(seq) * n > _MAX_SEQUENCE
-                ):
-                    raise CalibrationError("result too large")
+            raise CalibrationError(
+                f"power too large: the result would exceed {MAX_CALIBRATION_INT_BITS} bits"
+            )
+    elif isinstance(op, ast.Mod) and isinstance(left, str):
+        # printf-style formatting: '%01000000000d' % 1 would allocate a gigabyte
+        raise CalibrationError("string formatting with % is not allowed in a calibration")
+    elif isinstance(op, ast.Mult):
+        if _is_int(left) and _is_int(right):
+            if left.bit_length() + right.bit_length() > MAX_CALIBRATION_INT_BITS + 1:
+                raise CalibrationError(
+                    f"product too large: the result would exceed {MAX_CALIBRATION_INT_BITS} bits"
+                )
+            return
+        for seq, n in ((left, right), (right, left)):
+            if (
+                isinstance(seq, str | list)
+                and _is_int(n)
+                and len(seq) * n > MAX_CALIBRATION_SEQUENCE
+            ):
+                raise CalibrationError(
+                    f"result too large: more than {MAX_CALIBRATION_SEQUENCE} items"
+                )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _bounded(value: Any) -> Any:
+    """``value`` if it is within the size bounds (results of calls and operators)."""
+    if _is_int(value):
+        if value.bit_length() > MAX_CALIBRATION_INT_BITS:
+            raise CalibrationError(f"integer larger than {MAX_CALIBRATION_INT_BITS} bits")
+    elif isinstance(value, str | list) and len(value) > MAX_CALIBRATION_SEQUENCE:
+        raise CalibrationError(f"result too large: more than {MAX_CALIBRATION_SEQUENCE} items")
+    return value
 
 
 def evaluate(expression: str, names: Mapping[str, Any] | None = None) -> Any:
     return SafeEvaluator(names).evaluate(expression)
+
+
+_DEFAULT_EVALUATOR = SafeEvaluator()
 
 
 def apply_calibration(
@@ -179,15 +273,24 @@ def apply_calibration(
     ``OverflowError`` (→ 303) for numeric overflow, as dripline-python does.
     """
     if isinstance(calibration, Mapping):
-        key = raw
-        if key not in calibration:
-            key = str(raw)
-        if key not in calibration:
-            raise CalibrationError(f"raw value {raw!r} not in calibration dict")
+        try:
+            key = raw if raw in calibration else str(raw)
+            if key not in calibration:
+                raise CalibrationError(f"raw value {str(raw)[:100]!r} not in calibration dict")
+        except TypeError:  # an unhashable raw value (a list or an object)
+            raise CalibrationError(
+                "raw value cannot be looked up in the calibration dict"
+            ) from None
         return calibration[key]
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        tree = _template(calibration)
+        if tree is not None:
+            evaluator = SafeEvaluator({**(names or {}), _RAW: raw})
+            return evaluator.evaluate(tree)
     text = raw.strip() if isinstance(raw, str) else raw
     try:
         expression = calibration.format(text)
-    except (IndexError, KeyError, ValueError) as exc:
+    except (IndexError, KeyError, ValueError, TypeError) as exc:
         raise CalibrationError(f"bad calibration string {calibration!r}: {exc}") from None
-    return evaluate(expression, names)
+    evaluator = SafeEvaluator(names) if names else _DEFAULT_EVALUATOR
+    return evaluator.evaluate(expression)

@@ -75,7 +75,11 @@ class Interface:
         self._owns_connection = connection is None
         self._reply_queue: AbstractQueue | None = None
         self._waiting: dict[str, asyncio.Queue[Message]] = {}
-        self._reassembler = Reassembler(self._on_reply)
+        self._reassembler = Reassembler(
+            self._on_reply,
+            max_message_size=self.mesh.max_message_size,
+            max_payload_size=self.mesh.max_payload_size,
+        )
         self._start_lock = asyncio.Lock()
         self._consumer_tag: str | None = None
 
@@ -101,7 +105,8 @@ class Interface:
                     self.mesh, self._credentials, name=f"{self.name} client"
                 )
             if self._connection.connection is None:
-                await self._connection.connect()
+                # an unreachable broker fails within the timeout (0: the attempts decide)
+                await self._connection.connect(timeout_s=self.timeout_s or None)
             channel = self._connection.channel
             assert channel is not None
             name = f"amq_{uuid.uuid4().hex}"

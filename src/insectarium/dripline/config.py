@@ -7,6 +7,13 @@ command-line options; for credentials: ``guest``/``guest`` < auth file < ``DRIPL
 
 Every problem is reported as a :class:`ConfigError` that names the file, the key and what is
 wrong, and never echoes a password.
+
+TLS (``amqps``) is an insectarium addition (dripline-cpp has none), spelled in dripline's style:
+mesh keys ``tls``, ``tls_ca_file``, ``tls_cert_file``, ``tls_key_file`` (the client certificate
+may instead sit with the credentials, in the auth file's ``dripline`` group), the options
+``--tls``, ``--tls-ca-file``, ``--tls-cert-file``, ``--tls-key-file``, or a broker given as
+``amqps://host[:port]``.  With TLS on, the broker's certificate is always verified (against
+``tls_ca_file``, else the system's CAs) and must name the broker host.
 """
 
 from __future__ import annotations
@@ -15,23 +22,33 @@ import difflib
 import json
 import os
 import re
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from . import return_codes
 from .constants import (
     DEFAULT_ALERTS_EXCHANGE,
     DEFAULT_BROKER,
     DEFAULT_BROKER_PORT,
+    DEFAULT_BROKER_TLS_PORT,
     DEFAULT_HEARTBEAT_ROUTING_KEY,
     DEFAULT_MAX_PAYLOAD_SIZE,
     DEFAULT_REQUESTS_EXCHANGE,
 )
+from .limits import DEFAULT_MAX_MESSAGE_SIZE
 
 MESH_FILE = "~/.dripline_mesh.yaml"
 DEFAULT_AUTH_FILES = ("~/.dripline_authentications.yaml", "~/.dripline_authentications.json")
@@ -137,9 +154,43 @@ class MeshConfig(BaseModel):
     requests_exchange: str = DEFAULT_REQUESTS_EXCHANGE
     alerts_exchange: str = DEFAULT_ALERTS_EXCHANGE
     max_payload_size: int = Field(DEFAULT_MAX_PAYLOAD_SIZE, gt=0)
+    max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, gt=0)
     heartbeat_routing_key: str = DEFAULT_HEARTBEAT_ROUTING_KEY
     max_connection_attempts: int = Field(10, ge=0)
     return_codes: list[ReturnCodeSpec] | str | None = None
+    # TLS (amqps): off unless asked for; the port then defaults to 5671
+    tls: bool = False
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _broker_url(cls, data: Any) -> Any:
+        """``amqp://host[:port]`` / ``amqps://host[:port]`` set the host, port and TLS."""
+        if not isinstance(data, Mapping) or "://" not in str(data.get("broker") or ""):
+            return data
+        from urllib.parse import urlsplit
+
+        url = urlsplit(str(data["broker"]))
+        if url.scheme not in ("amqp", "amqps"):
+            raise ValueError(
+                f"broker: unknown scheme {url.scheme!r} (give a host name, or amqp:// / amqps://)"
+            )
+        if url.username or url.password:
+            raise ValueError("broker: put credentials in the auth file, not in the broker URL")
+        if url.path not in ("", "/") or url.query:
+            raise ValueError("broker: give amqp[s]://host[:port] only (use vhost for the vhost)")
+        try:
+            port = url.port
+        except ValueError as exc:
+            raise ValueError(f"broker: {exc}") from None
+        out = dict(data)
+        out["broker"] = url.hostname or DEFAULT_BROKER
+        out["tls"] = url.scheme == "amqps"
+        if port is not None:
+            out["broker_port"] = port
+        return out
 
     @field_validator("broker")
     @classmethod
@@ -147,6 +198,30 @@ class MeshConfig(BaseModel):
         if "://" in v:
             raise ValueError("give a host name, not a URL (use broker_port for the port)")
         return v
+
+    @field_validator("tls_ca_file", "tls_cert_file", "tls_key_file")
+    @classmethod
+    def _readable_file(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        path = Path(v).expanduser()
+        if not path.is_file():
+            raise ValueError(f"file not found: {path}")
+        return str(path)
+
+    @model_validator(mode="after")
+    def _tls_defaults(self) -> MeshConfig:
+        if self.tls and "broker_port" not in self.model_fields_set:
+            self.broker_port = DEFAULT_BROKER_TLS_PORT
+        if self.tls_key_file and not self.tls_cert_file:
+            raise ValueError("tls_key_file is given without tls_cert_file")
+        return self
+
+    @property
+    def url_for_humans(self) -> str:
+        """Where the broker is, without credentials (for messages)."""
+        scheme = "amqps" if self.tls else "amqp"
+        return f"{scheme}://{self.broker}:{self.broker_port}{self.vhost}"
 
     def register_return_codes(self, source: str = "") -> None:
         specs = self.return_codes
@@ -190,8 +265,12 @@ def load_mesh(
 # --------------------------------------------------------------------------- authentication
 @dataclass
 class Credentials:
+    """A user name and password, plus an optional TLS client certificate (PEM files)."""
+
     username: str
     password: str = field(repr=False)
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
 
     def __repr__(self) -> str:  # never show the password, even in a traceback
         return f"Credentials(username={self.username!r}, password=***)"
@@ -268,6 +347,8 @@ class Authentication:
         return Credentials(
             username=str(g.get("username") or default_user),
             password=str(g.get("password") or default_password),
+            tls_cert_file=str(g["tls_cert_file"]) if g.get("tls_cert_file") else None,
+            tls_key_file=str(g["tls_key_file"]) if g.get("tls_key_file") else None,
         )
 
     @property
@@ -280,3 +361,37 @@ class Authentication:
 
     def __repr__(self) -> str:
         return f"Authentication(groups={sorted(self.groups)}, source={self.source!r})"
+
+
+# --------------------------------------------------------------------------- TLS
+def tls_context(mesh: MeshConfig, credentials: Credentials | None = None) -> ssl.SSLContext:
+    """The client-side TLS context for ``mesh``: verify the broker, optionally present a cert.
+
+    The broker's certificate is checked against ``tls_ca_file`` (or the system's CAs) and must
+    name the broker host; TLS 1.2 is the minimum.  A client certificate comes from the
+    credentials (auth file) or else from the mesh.  Unreadable files raise :class:`ConfigError`
+    naming the key.
+    """
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=mesh.tls_ca_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"cannot load CA certificates: {exc}",
+            source=mesh.tls_ca_file or "",
+            key="dripline_mesh.tls_ca_file",
+        ) from None
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    cert = (credentials.tls_cert_file if credentials else None) or mesh.tls_cert_file
+    key = (credentials.tls_key_file if credentials else None) or mesh.tls_key_file
+    if credentials and credentials.tls_cert_file and not credentials.tls_key_file:
+        key = None
+    if cert:
+        try:
+            ctx.load_cert_chain(str(Path(cert).expanduser()), key and str(Path(key).expanduser()))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"cannot load the client certificate/key: {exc}",
+                source=cert,
+                key="tls_cert_file",
+            ) from None
+    return ctx

@@ -5,23 +5,109 @@ dripline-cpp opens a connection for every message it sends; measured here that c
 connection (aio-pika reconnects and restores queues, bindings and consumers after the broker comes
 back) with two channels: one with publisher confirms for requests, whose *mandatory* flag turns
 "nobody is bound to this routing key" into an error the client can report as 403, and one without
-confirms for replies and alerts, where waiting for the broker's ack would only add latency.
+confirms for replies, where waiting for the broker's ack would only add latency.
+
+Alerts go through a third channel, with confirms: the broker authorises every routing key a user
+publishes on (topic permissions), and a refused publish closes the channel it was sent on.  On a
+channel of its own, awaited, a refused alert becomes a :class:`PublishRefused` error in the
+sender's log (and a dl-agent exit status) instead of a silent drop, and never disturbs the
+channel that consumes requests; the confirm also tells a service that the broker has the alert
+(alerts a service must not lose, see :mod:`.outbox`).  With ``mesh.tls`` the connection is
+``amqps`` with the broker's certificate verified (:func:`~.config.tls_context`).
+
+Outages are reported the way a shifter wants to read them: clients give up within their timeout
+with one line naming the broker and the reason (:class:`BrokerUnavailable`); a long-lived process
+logs one line when the broker goes, a reminder every :data:`~.limits.REPORT_INTERVAL_S` while it
+stays away, and one line when it is back.  The per-attempt messages of aio-pika and aiormq
+("Connection attempt … failed", "error when creating transport") are folded into those lines
+by a logging filter instead of printing a page per outage.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
+import os
+import ssl
+import time
 from typing import Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
-from .config import Credentials, MeshConfig
+from .config import Credentials, MeshConfig, tls_context
+from .limits import REPORT_INTERVAL_S
 from .message import Message, encode
 
 log = logging.getLogger(__name__)
+
+_multi_chunk_warned = False  # the interop warning is said once per process
+
+
+class _ReconnectChatter(logging.Filter):
+    """Swallows aio-pika's and aiormq's per-attempt connection messages, keeping the last one
+    as the reason :class:`Connection` reports (once, and in its periodic reminder)."""
+
+    PREFIXES = (
+        "Connection attempt to",
+        "Reconnect attempt failed",
+        "Connection to %s closed",
+        "error when creating transport",
+        "Unexpected connection close from remote",
+        "Cancelling cause reader exited abnormally",
+    )
+    last_error = ""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name == "aio_pika.tools":
+            # aio-pika's robust channels complain, one ERROR per channel, that their close
+            # handler found the connection closed: that is the outage already reported
+            args = record.args if isinstance(record.args, tuple) else ()
+            return not (
+                len(args) == 3
+                and type(args[0]).__name__ == "OneShotCallback"
+                and args[1] in ("RuntimeError", "ChannelInvalidStateError")
+            )
+        if isinstance(record.msg, str) and record.msg.startswith(self.PREFIXES):
+            args = record.args if isinstance(record.args, tuple) else ()
+            errors = [a for a in args if isinstance(a, BaseException)]
+            if errors:
+                _ReconnectChatter.last_error = describe_error(errors[0])
+            return False
+        return True
+
+
+_CHATTER = _ReconnectChatter()
+for _name in ("aio_pika.robust_connection", "aiormq.connection", "aio_pika.tools"):
+    logging.getLogger(_name).addFilter(_CHATTER)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A connection error in a few words (``Connection refused``, ``timed out``…)."""
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.errno in errno.errorcode:
+        text = os.strerror(exc.errno)  # "Connection refused", not asyncio's "Connect call failed"
+    elif isinstance(exc, aiormq.exceptions.AMQPError):
+        # "CONNECTION_FORCED - broker forced connection closure with reason 'shutdown'"
+        text = str(getattr(exc, "strerror", None) or (exc.args[-1] if exc.args else text))
+    elif isinstance(exc, OSError) and exc.strerror:
+        text = exc.strerror
+    return text.replace("\n", " ")[:300]
+
+
+#: what publishing raises while the broker is away (or the connection is being re-established)
+BROKER_ERRORS: tuple[type[BaseException], ...] = (
+    ConnectionError,
+    OSError,
+    TimeoutError,
+    RuntimeError,  # aiormq's ChannelInvalidStateError, "connection is not open"
+    aiormq.exceptions.AMQPError,
+)
 
 
 class UnroutableError(Exception):
@@ -33,7 +119,21 @@ class NotConnected(ConnectionError):
 
 
 class BrokerUnavailable(ConnectionError):
-    """Could not reach the broker after the configured number of attempts."""
+    """Could not reach the broker within the attempts or the time allowed (one-line message)."""
+
+
+class PublishRefused(PermissionError):
+    """The broker refused a publish (ACCESS_REFUSED): this user may not use that routing key."""
+
+
+def _cert_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The certificate check failure behind a connection error (aiormq wraps it), if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, ssl.SSLCertVerificationError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class Connection:
@@ -52,29 +152,40 @@ class Connection:
         self.connection: AbstractRobustConnection | None = None
         self.confirm_channel: AbstractRobustChannel | None = None
         self.channel: AbstractRobustChannel | None = None
+        self.alerts_channel: AbstractRobustChannel | None = None
         self._confirm_requests: AbstractExchange | None = None
         self.requests_exchange: AbstractExchange | None = None
         self.alerts_exchange: AbstractExchange | None = None
         self.connected = asyncio.Event()
+        #: called (no arguments) each time the connection is back after an outage
+        self.on_reconnected: list[Any] = []
+        self.reminder_interval = REPORT_INTERVAL_S
+        self._lost_at: float | None = None
+        self._reminder: asyncio.Task[None] | None = None
 
     @property
     def url_for_humans(self) -> str:
-        return f"amqp://{self._credentials.username}@{self.mesh.broker}:{self.mesh.broker_port}{self.mesh.vhost}"
+        scheme, _, rest = self.mesh.url_for_humans.partition("://")
+        return f"{scheme}://{self._credentials.username}@{rest}"
 
-    async def connect(self) -> None:
+    async def connect(self, timeout_s: float | None = None) -> None:
+        """Open the connection, its channels and the two exchanges.
+
+        Tries up to ``max_connection_attempts`` times with a growing pause, and for no longer
+        than ``timeout_s`` if given (clients pass their request timeout: a shifter who asked for
+        ``-t 3`` waits about 3 s, not a minute).  Raises :class:`BrokerUnavailable`, whose
+        message is the one line to show: which broker, why, how long it was tried.
+        """
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        deadline = started + timeout_s if timeout_s and timeout_s > 0 else None
         attempts = max(1, self.mesh.max_connection_attempts)
         delay = 0.5
+        context = tls_context(self.mesh, self._credentials) if self.mesh.tls else None
         for attempt in range(1, attempts + 1):
+            remaining = None if deadline is None else max(0.1, deadline - loop.time())
             try:
-                self.connection = await aio_pika.connect_robust(
-                    host=self.mesh.broker,
-                    port=self.mesh.broker_port,
-                    login=self._credentials.username,
-                    password=self._credentials.password,
-                    virtualhost=self.mesh.vhost,
-                    reconnect_interval=self.reconnect_interval,
-                    client_properties={"connection_name": self.name},
-                )
+                self.connection = await self._open(remaining, context)
                 break
             except aiormq.exceptions.ProbableAuthenticationError:
                 raise BrokerUnavailable(
@@ -82,20 +193,33 @@ class Connection:
                     f"{self._credentials.username!r}"
                 ) from None
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-                if attempt == attempts:
+                unverified = _cert_verification_error(exc)
+                if unverified is not None:
+                    # retrying cannot help: the broker's certificate is not one we trust
                     raise BrokerUnavailable(
-                        f"cannot connect to {self.url_for_humans} "
-                        f"after {attempts} attempt(s): {exc}"
+                        f"TLS: cannot verify broker {self.url_for_humans}: "
+                        f"{unverified.verify_message} "
+                        f"(CA file: {self.mesh.tls_ca_file or 'system default'})"
                     ) from None
-                log.warning(
-                    "cannot connect to %s (%s); retry %d/%d in %.1f s",
+                why = describe_error(exc)
+                elapsed = loop.time() - started
+                left = None if deadline is None else deadline - loop.time()
+                if attempt == attempts or (left is not None and left <= 0.05):
+                    raise BrokerUnavailable(
+                        f"cannot reach broker {self.url_for_humans}: {why} "
+                        f"({attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s)"
+                    ) from None
+                # a service at boot may wait for its broker: say so once, not per attempt
+                level = logging.WARNING if attempt == 1 and deadline is None else logging.DEBUG
+                log.log(
+                    level,
+                    "broker %s not reachable (%s); trying up to %d times",
                     self.url_for_humans,
-                    exc,
-                    attempt,
+                    why,
                     attempts,
-                    delay,
                 )
-                await asyncio.sleep(delay)
+                pause = delay if left is None else min(delay, left)
+                await asyncio.sleep(pause)
                 delay = min(delay * 2, 10.0)
         assert self.connection is not None
         self.connection.close_callbacks.add(self._on_close)
@@ -104,15 +228,47 @@ class Connection:
             publisher_confirms=True, on_return_raises=True
         )
         self.channel = await self.connection.channel(publisher_confirms=False)
-        self._confirm_requests = await self.declare_exchange(
-            self.confirm_channel, self.mesh.requests_exchange
+        self.channel.close_callbacks.add(self._on_channel_close)
+        # returns raise too: a kept alert is replayed *mandatory* (see .outbox)
+        self.alerts_channel = await self.connection.channel(
+            publisher_confirms=True, on_return_raises=True
         )
-        self.requests_exchange = await self.declare_exchange(
-            self.channel, self.mesh.requests_exchange
-        )
-        self.alerts_exchange = await self.declare_exchange(self.channel, self.mesh.alerts_exchange)
+        try:
+            self._confirm_requests = await self.declare_exchange(
+                self.confirm_channel, self.mesh.requests_exchange
+            )
+            self.requests_exchange = await self.declare_exchange(
+                self.channel, self.mesh.requests_exchange
+            )
+            self.alerts_exchange = await self.declare_exchange(
+                self.alerts_channel, self.mesh.alerts_exchange
+            )
+        except aiormq.exceptions.ChannelAccessRefused as exc:
+            await self.connection.close()
+            raise BrokerUnavailable(
+                f"broker {self.url_for_humans} does not let user "
+                f"{self._credentials.username!r} use the dripline exchanges: "
+                f"{exc.args[0] if exc.args else exc}"
+            ) from None
         self.connected.set()
         log.info("connected to %s", self.url_for_humans)
+
+    async def _open(
+        self, timeout_s: float | None, context: ssl.SSLContext | None
+    ) -> AbstractRobustConnection:
+        """One connection attempt (the transport options of the broker connection live here)."""
+        return await aio_pika.connect_robust(
+            host=self.mesh.broker,
+            port=self.mesh.broker_port,
+            login=self._credentials.username,
+            password=self._credentials.password,
+            virtualhost=self.mesh.vhost,
+            ssl=self.mesh.tls,
+            ssl_context=context,
+            reconnect_interval=self.reconnect_interval,
+            client_properties={"connection_name": self.name},
+            timeout=timeout_s,
+        )
 
     @staticmethod
     async def declare_exchange(channel: AbstractRobustChannel, name: str) -> AbstractExchange:
@@ -123,52 +279,142 @@ class Connection:
 
     def _on_close(self, _conn: Any, exc: BaseException | None = None) -> None:
         if exc is not None and self.connected.is_set():
-            log.warning("lost connection to broker %s (%s); reconnecting", self.url_for_humans, exc)
+            self._lost_at = time.monotonic()
+            log.warning(
+                "lost connection to broker %s (%s); reconnecting every %g s",
+                self.url_for_humans,
+                describe_error(exc),
+                self.reconnect_interval,
+            )
+            if self._reminder is None or self._reminder.done():
+                with contextlib.suppress(RuntimeError):  # no running loop: nothing to remind
+                    self._reminder = asyncio.get_running_loop().create_task(self._remind())
         self.connected.clear()
 
+    def _on_channel_close(self, _channel: Any, exc: BaseException | None = None) -> None:
+        # replies go unconfirmed: a refusal only shows here (the channel is then restored)
+        if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+            log.error("broker %s refused an operation: %s", self.url_for_humans, exc)
+
     def _on_reconnect(self, _conn: Any) -> None:
-        log.warning("reconnected to broker %s; queues and consumers restored", self.url_for_humans)
+        away = time.monotonic() - self._lost_at if self._lost_at is not None else 0.0
+        log.warning(
+            "reconnected to broker %s after %.1f s; queues and consumers restored",
+            self.url_for_humans,
+            away,
+        )
+        self._lost_at = None
+        if self._reminder is not None:
+            self._reminder.cancel()
+            self._reminder = None
         self.connected.set()
+        for callback in list(self.on_reconnected):
+            callback()
+
+    async def _remind(self) -> None:
+        """While the broker stays away: one line per interval, with the latest reason."""
+        while True:
+            await asyncio.sleep(self.reminder_interval)
+            if self.connected.is_set() or self._lost_at is None:
+                return
+            log.warning(
+                "still no connection to broker %s after %.0f s (last attempt: %s)",
+                self.url_for_humans,
+                time.monotonic() - self._lost_at,
+                _ReconnectChatter.last_error or "no answer",
+            )
 
     async def close(self) -> None:
+        if self._reminder is not None:
+            self._reminder.cancel()
+            self._reminder = None
         if self.connection is not None and not self.connection.is_closed:
             self.connected.clear()
             await self.connection.close()
 
     # ----------------------------------------------------------------- publishing
+    async def _publish_chunk(
+        self, exchange: AbstractExchange, message: aio_pika.Message, key: str, mandatory: bool
+    ) -> None:
+        """Publish, waiting (briefly) for a channel the broker just closed to be reopened.
+
+        A refused publish closes its channel; aio-pika reopens it by itself, and the next
+        message must not fail in between just because the reopening is still under way.
+        """
+        for attempt in range(1, 6):
+            try:
+                await exchange.publish(message, routing_key=key, mandatory=mandatory)
+                return
+            except aiormq.exceptions.ChannelInvalidStateError:
+                channel = exchange.channel
+                if attempt == 5 or self.connection is None or self.connection.is_closed:
+                    raise
+                await asyncio.sleep(0.05 * attempt)
+                if isinstance(channel, AbstractRobustChannel):
+                    await asyncio.wait_for(channel.ready(), timeout=5)
+
     def exchange_for(self, msg: Message) -> AbstractExchange:
         exchange = self.alerts_exchange if msg.is_alert else self.requests_exchange
         if exchange is None:
             raise RuntimeError("connection is not open")
         return exchange
 
-    async def publish(self, msg: Message, *, mandatory: bool = False) -> None:
+    async def publish(
+        self, msg: Message, *, mandatory: bool = False, confirm: bool = False
+    ) -> None:
         """Send ``msg`` (split into chunks if needed) to the exchange its type calls for.
 
         With ``mandatory`` the message goes through the confirming channel and
-        :class:`UnroutableError` is raised when the broker returns it.
+        :class:`UnroutableError` is raised when the broker returns it.  Alerts are always
+        confirmed (the call returns once the broker has them); ``confirm`` does the same for a
+        reply.  A confirmed message the broker refuses raises :class:`PublishRefused` (and is
+        logged as an error here).
         """
-        if mandatory and not msg.is_alert:
+        if (mandatory or confirm) and not msg.is_alert:
             exchange = self._confirm_requests
         else:
             exchange = self.exchange_for(msg)
         if exchange is None:
             raise RuntimeError("connection is not open")
         chunks = encode(msg, self.mesh.max_payload_size)
-        if len(chunks) > 1 and msg.is_request:
-            log.warning(
-                "request to %s goes out in %d chunks; services built on dripline-cpp "
-                "(dripline-python 5) crash on multi-chunk requests",
-                msg.routing_key,
-                len(chunks),
-            )
+        if len(chunks) > 1 and not msg.is_reply:
+            _warn_multi_chunk(msg, len(chunks), self.mesh.max_payload_size)
         for amqp_message in chunks:
             try:
-                await exchange.publish(
-                    amqp_message, routing_key=msg.routing_key, mandatory=mandatory
-                )
+                await self._publish_chunk(exchange, amqp_message, msg.routing_key, mandatory)
             except aio_pika.exceptions.DeliveryError as exc:
                 frame = getattr(exc, "frame", None)
                 why = getattr(frame, "reply_text", None) or "NO_ROUTE"
                 code = getattr(frame, "reply_code", 312)
                 raise UnroutableError(f"Message returned. Reply code: {code} {why}") from None
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                text = exc.args[0] if exc.args else str(exc)
+                log.error(
+                    "broker refused to publish %s on %s for user %r: %s",
+                    msg.routing_key,
+                    exchange.name,
+                    self._credentials.username,
+                    text,
+                )
+                raise PublishRefused(
+                    f"broker refused {msg.routing_key!r} on exchange {exchange.name!r} "
+                    f"for user {self._credentials.username!r}: {text}"
+                ) from None
+
+
+def _warn_multi_chunk(msg: Message, chunks: int, max_payload_size: int) -> None:
+    """Say once per process that a request or alert was split (what real peers make of it)."""
+    global _multi_chunk_warned  # noqa: PLW0603 - one flag for the whole process, by design
+    if _multi_chunk_warned:
+        return
+    _multi_chunk_warned = True
+    kind = "alert" if msg.is_alert else "request"
+    log.warning(
+        "%s %s goes out in %d chunks (payload above %d bytes); dripline-cpp 2.10 receivers can "
+        "crash on multi-chunk messages: its dl-mon on requests and alerts, dripline-python 5 "
+        "services on some requests (said once per process)",
+        kind,
+        msg.routing_key,
+        chunks,
+        max_payload_size,
+    )

@@ -21,10 +21,12 @@ from __future__ import annotations
 import contextvars
 import inspect
 import logging
+import math
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from .constants import NIL_UUID, MsgOp
+from .limits import clip
 from .message import Message
 from .return_codes import ThrowReply
 
@@ -219,6 +221,7 @@ class Endpoint:
                     "service_error_invalid_specifier",
                     f"endpoint {self.name} has no attribute {specifier}, unable to set",
                 )
+            self._check_attribute_type(name, specifier, new_value)
             try:
                 setattr(self, name, new_value)
             except (TypeError, ValueError) as exc:
@@ -227,6 +230,36 @@ class Endpoint:
                 ) from None
             return Reply(0, "", None)
         return Reply(0, "", await maybe_await(self.on_set(new_value)))
+
+    def _check_attribute_type(self, name: str, specifier: str, value: Any) -> None:
+        """``set -s <attribute>`` keeps the attribute's kind of value (a threshold stays a
+        number, a name a string): a peer must not turn a service's configuration into values its
+        own code then fails on at every use.  Attributes defined as properties validate in their
+        setter; attributes that are ``None`` take anything JSON can carry."""
+        if isinstance(getattr(type(self), name, None), property):
+            return
+        current = getattr(self, name)
+        if current is None:
+            return
+        kinds: tuple[type, ...]
+        if isinstance(current, bool):
+            kinds = (bool,)
+        elif isinstance(current, int | float):
+            kinds = (int, float)
+        elif isinstance(current, str | list | dict):
+            kinds = (type(current),)
+        else:
+            return
+        if not isinstance(value, kinds) or (kinds != (bool,) and isinstance(value, bool)):
+            raise ThrowReply(
+                "service_error_invalid_value",
+                f"cannot set {specifier}: expected {' or '.join(k.__name__ for k in kinds)}, "
+                f"got {type(value).__name__}",
+            )
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ThrowReply(
+                "service_error_invalid_value", f"cannot set {specifier}: {value} is not finite"
+            )
 
     def is_command(self, name: str) -> bool:
         """Whether ``cmd <endpoint> -s name`` may call ``self.name``."""
@@ -305,11 +338,13 @@ class Endpoint:
 
 
 def describe(msg: Message) -> str:
+    """``get peaches -s log_interval from lab@glenlivet`` for log lines; peer-controlled parts
+    are cut to a few hundred characters."""
     op_num = -1 if msg.message_operation is None else msg.message_operation
     op = {0: "set", 1: "get", 9: "cmd"}.get(op_num, op_num)
-    spec = f" -s {msg.specifier}" if msg.specifier else ""
+    spec = f" -s {clip(msg.specifier, 200)}" if msg.specifier else ""
     who = f"{msg.sender_info.get('username', '?')}@{msg.sender_info.get('hostname', '?')}"
-    return f"{op} {msg.routing_key}{spec} from {who}"
+    return f"{op} {msg.routing_key}{spec} from {clip(who, 200)}"
 
 
 def _framework_classes() -> set[type]:

@@ -24,24 +24,46 @@ from typing import Any
 from .calibration import CalibrationError, apply_calibration
 from .constants import DEFAULT_LOG_ROUTING_KEY_PREFIX
 from .endpoint import Endpoint, Reply, maybe_await
+from .limits import MAX_CALIBRATION_EXPRESSION, MAX_INTERVAL_S, MIN_LOG_INTERVAL_S
 from .message import Message
 from .return_codes import ThrowReply
+from .throttle import LogThrottle
 
 
 def to_seconds(value: float | int | Mapping[str, float] | None, what: str) -> float:
-    """Interval config: seconds, or a dict of ``timedelta`` keywords (``{minutes: 5}``)."""
+    """Interval config: seconds, or a dict of ``timedelta`` keywords (``{minutes: 5}``).
+
+    Must be finite, not negative and at most :data:`~.limits.MAX_INTERVAL_S` (a NaN interval
+    would make the logging loop spin, an infinite one overflow the event loop's clock).
+    """
     if value is None:
         return 0.0
     if isinstance(value, Mapping):
         try:
-            return dt.timedelta(**value).total_seconds()
-        except TypeError as exc:
+            seconds = dt.timedelta(**value).total_seconds()
+        except (TypeError, ValueError, OverflowError) as exc:
             raise ValueError(f"{what}: {exc}") from None
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    elif isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError(f"{what} must be a number of seconds or a dict like {{minutes: 1}}")
-    if value < 0:
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError(f"{what} must be a finite number of seconds, not {seconds}")
+    if seconds < 0:
         raise ValueError(f"{what} must not be negative")
-    return float(value)
+    if seconds > MAX_INTERVAL_S:
+        raise ValueError(f"{what} of {seconds:g} s exceeds the limit of {MAX_INTERVAL_S:g} s")
+    return seconds
+
+
+def log_interval_seconds(value: float | int | Mapping[str, float] | None) -> float:
+    """``log_interval`` in seconds: 0 (off) or from :data:`~.limits.MIN_LOG_INTERVAL_S` on."""
+    seconds = to_seconds(value, "log_interval")
+    if 0 < seconds < MIN_LOG_INTERVAL_S:
+        raise ValueError(
+            f"log_interval of {seconds:g} s is below the minimum of {MIN_LOG_INTERVAL_S:g} s"
+        )
+    return seconds
 
 
 class Entity(Endpoint):
@@ -62,12 +84,10 @@ class Entity(Endpoint):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        if calibration is not None and not isinstance(calibration, str | Mapping):
-            raise ValueError("calibration must be an expression string like '2*{}' or a mapping")
         self.calibration = calibration
         self.get_on_set = bool(get_on_set)
         self.log_on_set = bool(log_on_set)
-        self._log_interval = to_seconds(log_interval, "log_interval")
+        self._log_interval = log_interval_seconds(log_interval)
         self.max_interval = to_seconds(max_interval, "max_interval")
         self.max_absolute_change = float(max_absolute_change)
         self.max_fractional_change = float(max_fractional_change)
@@ -76,11 +96,28 @@ class Entity(Endpoint):
         self._last_log_value: Any = None
         self._last_log_time: float | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._log_failed = LogThrottle(self.log)
         if self.log_on_set and not self.get_on_set:
             self.log.warning("log_on_set needs get_on_set; enabling get_on_set")
             self.get_on_set = True
 
     # ----------------------------------------------------------------- value
+    @property
+    def calibration(self) -> str | Mapping[Any, Any] | None:
+        """An expression such as ``'2*{}'``, a mapping of raw to calibrated values, or None."""
+        return self._calibration
+
+    @calibration.setter
+    def calibration(self, value: str | Mapping[Any, Any] | None) -> None:
+        if value is not None and not isinstance(value, str | Mapping):
+            raise ValueError("calibration must be an expression string like '2*{}' or a mapping")
+        if isinstance(value, str) and len(value) > MAX_CALIBRATION_EXPRESSION:
+            raise ValueError(
+                f"calibration of {len(value)} characters exceeds the limit of "
+                f"{MAX_CALIBRATION_EXPRESSION}"
+            )
+        self._calibration = value
+
     def calibrate(self, raw: Any) -> dict[str, Any]:
         """``{"value_raw", "value_cal"}`` for a raw reading (304 when it cannot be calibrated)."""
         if isinstance(raw, list | tuple) and raw:
@@ -106,14 +143,38 @@ class Entity(Endpoint):
         return self.calibrate(raw)
 
     async def do_get_request(self, msg: Message, specifier: str) -> Reply:
+        if specifier == "log_interval":
+            # dripline-python keeps the interval as a timedelta, which its reply turns into text
+            return Reply(0, "", {"values": [str(dt.timedelta(seconds=self._log_interval))]})
         if specifier:
             return await super().do_get_request(msg, specifier)
         return Reply(0, "", await self.get_calibrated())
 
     async def do_set_request(self, msg: Message, specifier: str) -> Reply:
-        reply = await super().do_set_request(msg, specifier)
-        if specifier or not self.get_on_set:
-            return reply
+        if specifier:
+            return await super().do_set_request(msg, specifier)
+        values, _kwargs = self._values(msg)
+        if not values:
+            raise ThrowReply("service_error_bad_payload", "set requires a value in 'values'")
+        return await self.set_value(values[0])
+
+    async def do_cmd_request(self, msg: Message, specifier: str) -> Reply:
+        if specifier != "on_set":
+            return await super().do_cmd_request(msg, specifier)
+        # ``cmd <entity> -s on_set V`` calls dripline-python's decorated on_set: the same as a set
+        values, kwargs = self._values(msg)
+        if len(values) != 1 or kwargs:
+            raise ThrowReply(
+                "service_error_invalid_value", "on_set takes exactly one value and no keywords"
+            )
+        return await self.set_value(values[0])
+
+    async def set_value(self, value: Any) -> Reply:
+        """``on_set(value)``, then (``get_on_set``) read back, calibrated, and (``log_on_set``)
+        logged: what a set request and ``cmd -s on_set`` reply."""
+        result = await maybe_await(self.on_set(value))
+        if not self.get_on_set:
+            return Reply(0, "", result)
         result = await self.get_calibrated()
         if self.log_on_set:
             await self.log_a_value(result)
@@ -126,7 +187,7 @@ class Entity(Endpoint):
 
     @log_interval.setter
     def log_interval(self, value: float | Mapping[str, float]) -> None:
-        self._log_interval = to_seconds(value, "log_interval")
+        self._log_interval = log_interval_seconds(value)
         if self.service is not None and self.service.is_running:
             self.stop_logging()
             if self._log_interval > 0:
@@ -169,7 +230,7 @@ class Entity(Endpoint):
         try:
             result = await self.get_calibrated()
         except ThrowReply as exc:
-            self.log.warning("scheduled log: get failed with %s", exc)
+            self._log_failed("scheduled log of %s: get failed with %s", self.name, exc)
             return
         if self._should_log(result):
             await self.log_a_value(result)
@@ -216,6 +277,6 @@ class Entity(Endpoint):
                 if not paused:
                     self.log.warning("scheduled logging paused: %s", exc)
                 paused = True
-            except Exception:
-                self.log.exception("scheduled log of %s failed", self.name)
+            except Exception as exc:  # at most one line a minute, however short the interval
+                self._log_failed("scheduled log of %s failed: %s", self.name, repr(exc)[:300])
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

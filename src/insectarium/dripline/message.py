@@ -40,6 +40,7 @@ from .constants import (
     MsgOp,
     MsgType,
 )
+from .limits import MAX_ECHO_BYTES, MAX_HEADER_FIELD, clip
 
 
 class UInt32(int):
@@ -132,10 +133,16 @@ def json_default(value: Any) -> Any:
 
 
 def dump_payload(payload: Any) -> bytes:
-    """Compact JSON, as rapidjson writes it; ``None`` becomes ``null``."""
-    return json.dumps(
-        payload, separators=(",", ":"), ensure_ascii=False, default=json_default
-    ).encode("utf-8")
+    """Compact JSON, as rapidjson writes it; ``None`` becomes ``null``.
+
+    A string holding a lone surrogate (JSON allows ``"\\ud800"``, UTF-8 cannot carry it) is
+    written as the same ``\\u`` escape it arrived as, instead of failing the whole message.
+    """
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=json_default)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(payload, separators=(",", ":"), default=json_default).encode("ascii")
 
 
 @dataclasses.dataclass
@@ -200,14 +207,19 @@ class Message:
         *,
         sender: str = "unknown",
     ) -> Message:
-        """The reply to this request: routed to ``reply_to``, same correlation id."""
+        """The reply to this request: routed to ``reply_to``, same correlation id.
+
+        ``return_message`` often quotes the request (a value that failed, a name not found), so it
+        is cut to :data:`~.limits.MAX_HEADER_TEXT`: a header past the broker's frame limit would
+        close the service's connection.
+        """
         return Message(
             message_type=MsgType.REPLY,
             routing_key=self.reply_to,
             payload=payload,
             correlation_id=self.correlation_id,
             return_code=int(return_code),
-            return_message=return_message,
+            return_message=clip(return_message),
             sender_info=sender_info(sender),
         )
 
@@ -255,6 +267,11 @@ class Message:
 
 # --------------------------------------------------------------------------- encoding
 def headers_of(msg: Message) -> dict[str, Any]:
+    """The dripline header table; ``ValueError`` for a specifier no broker frame could carry."""
+    if len(msg.specifier) > MAX_HEADER_FIELD:
+        raise ValueError(
+            f"specifier of {len(msg.specifier)} characters exceeds the limit of {MAX_HEADER_FIELD}"
+        )
     headers: dict[str, Any] = {
         "message_type": UInt32(int(msg.message_type)),
         "specifier": msg.specifier or "",
@@ -266,7 +283,7 @@ def headers_of(msg: Message) -> dict[str, Any]:
         headers["lockout_key"] = msg.lockout_key or NIL_UUID
     if msg.is_reply:
         headers["return_code"] = UInt32(int(msg.return_code))
-        headers["return_message"] = msg.return_message or ""
+        headers["return_message"] = clip(msg.return_message or "")
     return headers
 
 
@@ -311,6 +328,8 @@ def parse_message_id(message_id: str | None) -> ChunkId:
     """``UUID/i/N`` → :class:`ChunkId`; a bare id is one chunk (the standard allows it).
 
     Raises ``ValueError`` for ids whose chunk part is not two integers with ``0 <= i < N``.
+    Whether ``N`` chunks are plausible is the receiver's call (:mod:`.chunking`), against its
+    ``max_message_size``.
     """
     text = message_id or ""
     if "/" not in text:
@@ -320,27 +339,38 @@ def parse_message_id(message_id: str | None) -> ChunkId:
     if not sep:
         raise ValueError(f"malformed message-id {text!r}: expected <uuid>/<index>/<total>")
     index, total = int(index_text), int(total_text)
-    if total < 1 or not 0 <= index < total or total > 100_000:
+    if total < 1 or not 0 <= index < total:
         raise ValueError(f"malformed message-id {text!r}: chunk {index} of {total}")
     return ChunkId(base, index, total)
 
 
 def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return int(value)
-    if isinstance(value, int):
+    """An integer header of any AMQP integer type; anything else (text, bool …) is not one,
+    as for dripline-cpp, whose ``GetInteger`` accepts integer types only."""
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
-    if isinstance(value, str | bytes) and str(value).strip().lstrip("-").isdigit():
-        return int(value)
     return None
 
 
-def _as_str(value: Any) -> str:
+def _as_str(value: Any, name: str, problems: list[str]) -> str:
+    """A header as text; bytes that are not UTF-8 (pamqp hands those over undecoded) are a
+    problem of the message, not something to repair silently."""
     if value is None:
         return ""
     if isinstance(value, bytes | bytearray):
-        return bytes(value).decode("utf-8", "replace")
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            problems.append(f"header {name} is not valid UTF-8")
+            return bytes(value).decode("utf-8", "backslashreplace")
     return str(value)
+
+
+def _property(value: Any) -> str:
+    """An AMQP short-string property (at most 255 bytes) as text; we only echo it back."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    return "" if value is None else str(value)
 
 
 def _plain(value: Any) -> Any:
@@ -356,6 +386,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, dt.datetime):
         return format_timestamp(value)
     return value
+
+
+_MESSAGE_TYPES = frozenset(int(t) for t in MsgType)
 
 
 def decode(
@@ -378,14 +411,23 @@ def decode(
     h = dict(headers or {})
     problems: list[str] = [error] if error else []
     if content_encoding != CONTENT_ENCODING:
-        problems.append(f"unsupported content-encoding {content_encoding!r}")
-    raw = body.decode("utf-8", "replace")
+        problems.append(f"unsupported content-encoding {clip(str(content_encoding), 100)}")
     payload: Any = None
+    if problems:  # not parsed: only the start of the body is echoed back
+        raw = body[:MAX_ECHO_BYTES].decode("utf-8", "backslashreplace")
+    else:
+        try:
+            raw = body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append(f"payload is not valid UTF-8 (byte {exc.start}: {exc.reason})")
+            raw = body[:MAX_ECHO_BYTES].decode("utf-8", "backslashreplace")
     if not problems:
         try:
             payload = json.loads(raw)
         except ValueError as exc:
             problems.append(f"payload is not valid JSON: {exc}")
+        except RecursionError:
+            problems.append("payload is not valid JSON: nested too deeply")
 
     mtype = _as_int(h.get("message_type"))
     mop = _as_int(h.get("message_operation"))
@@ -394,24 +436,23 @@ def decode(
     msg = Message(
         message_type=mtype if mtype is not None else -1,
         routing_key=routing_key,
-        specifier=_as_str(h.get("specifier")),
-        correlation_id=_as_str(correlation_id),
+        specifier=_as_str(h.get("specifier"), "specifier", problems),
+        correlation_id=_property(correlation_id),
         message_uuid=message_uuid,
-        reply_to=_as_str(reply_to),
-        timestamp=_as_str(h.get("timestamp")),
+        reply_to=_property(reply_to),
+        timestamp=_as_str(h.get("timestamp"), "timestamp", problems),
         sender_info=_plain(info) if isinstance(info, Mapping) else {},
         message_operation=mop,
-        lockout_key=_as_str(h.get("lockout_key")),
+        lockout_key=_as_str(h.get("lockout_key"), "lockout_key", problems),
         return_code=999 if rcode is None else rcode,
-        return_message=_as_str(h.get("return_message")),
+        return_message=_as_str(h.get("return_message"), "return_message", problems),
     )
-    with_type = {int(t) for t in MsgType}
-    if msg.message_type not in with_type:
-        problems.append(f"unknown message_type {h.get('message_type')!r}")
+    if msg.message_type not in _MESSAGE_TYPES:
+        problems.append(f"unknown message_type {clip(repr(h.get('message_type')), 100)}")
     if problems:
         msg.is_valid = False
         msg.error = "; ".join(problems)
-        msg.payload = {"invalid": raw, "error": msg.error}
+        msg.payload = {"invalid": clip(raw, MAX_ECHO_BYTES), "error": msg.error}
     else:
         msg.payload = payload
     return msg

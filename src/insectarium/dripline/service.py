@@ -8,7 +8,10 @@ the same name is refused by the broker instead of silently sharing the load.
 Requests are handled concurrently (up to ``prefetch_count`` at once): a run-control command that
 waits on other services must not stall a simple ``get``.  When the broker goes away, the
 connection reconnects by itself and the queue, bindings and consumer are restored; the service
-says so in its log and keeps its state.
+says so in its log (one line when the broker goes, one when it is back) and keeps its state.
+Alerts it could not publish meanwhile — sensor values above all — are kept in a bounded
+:class:`~.outbox.AlertOutbox` and published when the broker is back, with their original
+timestamps.
 """
 
 from __future__ import annotations
@@ -30,7 +33,10 @@ from .connection import Connection, NotConnected
 from .constants import DEFAULT_BROADCAST_KEY, MsgOp
 from .endpoint import Endpoint, Reply, describe, maybe_await
 from .entity import Entity
+from .limits import ALERT_BUFFER_BYTES, ALERT_BUFFER_MESSAGES, clip
 from .message import Message
+from .outbox import AlertOutbox, AlertPublisher
+from .throttle import LogThrottle
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +64,8 @@ class Service(Endpoint):
         prefetch_count: int = 32,
         request_timeout_s: float = 10.0,
         restart_on_error: bool = True,
+        alert_buffer_messages: int = ALERT_BUFFER_MESSAGES,
+        alert_buffer_bytes: int = ALERT_BUFFER_BYTES,
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
@@ -86,9 +94,24 @@ class Service(Endpoint):
         self._tasks: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
         self._running = False
-        self._reassembler = Reassembler(self._on_message, message_wait_ms)
+        self._reassembler = self.make_reassembler(self._on_message)
+        self._ignored = LogThrottle(log)
+        self._invalid = LogThrottle(log)
+        self._failed = LogThrottle(log, interval=1.0)
+        self._reply_failed = LogThrottle(log, logging.ERROR)
+        self._outbox = AlertOutbox(alert_buffer_messages, alert_buffer_bytes)
+        self._alerts: AlertPublisher | None = None
         for endpoint in endpoints or ():
             self.add_endpoint(endpoint)
+
+    def make_reassembler(self, on_message: Callable[[Message], Awaitable[None]]) -> Reassembler:
+        """A chunk reassembler bounded by this service's mesh limits (one per consumed queue)."""
+        return Reassembler(
+            on_message,
+            self.message_wait_ms,
+            max_message_size=self.mesh.max_message_size,
+            max_payload_size=self.mesh.max_payload_size,
+        )
 
     # ----------------------------------------------------------------- structure
     def add_endpoint(self, endpoint: Endpoint) -> None:
@@ -120,8 +143,13 @@ class Service(Endpoint):
     async def on_start(self) -> None:
         """Called after the broker connection is up, before requests are consumed."""
 
+    async def on_stopping(self) -> None:
+        """Called when a stop begins (``is_running`` is already false): requests are still
+        served and the connection, the client interface and background tasks still work, so
+        that what must be finished can be (refuse to *start* anything new meanwhile)."""
+
     async def on_stop(self) -> None:
-        """Called while stopping, after consuming has stopped."""
+        """Called while stopping, after consuming has stopped and background tasks ended."""
 
     # ----------------------------------------------------------------- life cycle
     async def start(self) -> None:
@@ -129,6 +157,7 @@ class Service(Endpoint):
             self.mesh, self.authentication.dripline, name=f"{self.name} ({self.instance_id[:8]})"
         )
         await self.connection.connect()
+        self._alerts = AlertPublisher(self.connection, self._outbox, self.spawn)
         self.mesh.register_return_codes()
         self.interface = Interface(
             dripline_mesh=self.mesh,
@@ -191,12 +220,21 @@ class Service(Endpoint):
         for child in self.sync_children.values():
             if isinstance(child, Entity):
                 child.stop_logging()
+        try:
+            # still consuming: what must be finished may need this service's own endpoints
+            # (the DAQ's end of run writes its snapshot through its metadata receiver)
+            await self.on_stopping()
+        except Exception:
+            log.exception("service %s: on_stopping failed", self.name)
         if self._queue is not None:
             with contextlib.suppress(Exception):
                 if self._consumer_tag:
                     await self._queue.cancel(self._consumer_tag)
                 await self._queue.delete(if_unused=False, if_empty=False)
             self._queue = None
+        if self._alerts is not None:
+            await self._alerts.close(f"service {self.name}")
+            self._alerts = None
         for task in list(self._tasks):
             task.cancel()
         if self._tasks:
@@ -253,21 +291,25 @@ class Service(Endpoint):
             )
         await self.connection.publish(msg)
 
-    async def send_alert(self, routing_key: str, payload: Any) -> None:
-        await self.send(Message.alert(routing_key, payload, sender=self.name))
+    async def send_alert(self, routing_key: str, payload: Any, *, keep: bool = True) -> None:
+        """Publish an alert.  With ``keep`` (the default) an alert the broker cannot take now is
+        kept and published when it is back (see :mod:`.outbox`); heartbeats pass ``False``."""
+        msg = Message.alert(routing_key, payload, sender=self.name)
+        if not keep:
+            await self.send(msg)
+            return
+        if self._alerts is None:
+            raise RuntimeError(f"service {self.name} is not started")
+        await self._alerts.publish(msg)
 
     async def _heartbeat_loop(self) -> None:
         key = f"{self.mesh.heartbeat_routing_key}.{self.name}"
-        failing = False
         while True:
             await asyncio.sleep(self.heartbeat_interval_s)
             try:
-                await self.send_alert(key, {"name": self.name, "id": self.instance_id})
-                failing = False
-            except Exception as exc:  # broker away: say it once per outage
-                if not failing:
-                    log.warning("heartbeats paused: %s", exc)
-                failing = True
+                await self.send_alert(key, {"name": self.name, "id": self.instance_id}, keep=False)
+            except Exception as exc:  # the broker is away: the connection has said so already
+                log.debug("heartbeat not sent: %s", exc)
 
     # requests to other endpoints, through the broker (like dl-python's RequestSender)
     def _iface(self) -> Interface:
@@ -309,7 +351,7 @@ class Service(Endpoint):
 
     async def _on_message(self, msg: Message) -> None:
         if msg.is_valid and not msg.is_request:
-            log.warning(
+            self._ignored(
                 "ignoring a non-request message (type %s) on %s", msg.message_type, msg.routing_key
             )
             return
@@ -320,15 +362,17 @@ class Service(Endpoint):
             )
         else:
             reply = await target.handle_request(msg)
-        # one line per set/cmd (what shifters read back); gets are the bulk of traffic: DEBUG
-        if reply.code >= 100:
-            level = logging.WARNING
-        elif msg.message_operation == MsgOp.GET:
-            level = logging.DEBUG
+        # one line per set/cmd (what shifters read back); gets are the bulk of traffic: DEBUG.
+        # Failures a peer can repeat at will are throttled: undecodable messages to one line a
+        # minute, other error replies to one a second (each with the count of those not shown).
+        if not msg.is_valid:
+            self._invalid("%s -> %d %s", describe(msg), reply.code, clip(reply.message))
+        elif reply.code >= 100:
+            self._failed("%s -> %d %s", describe(msg), reply.code, clip(reply.message))
         else:
-            level = logging.INFO
-        if log.isEnabledFor(level):
-            log.log(level, "%s -> %d %s", describe(msg), reply.code, reply.message)
+            level = logging.DEBUG if msg.message_operation == MsgOp.GET else logging.INFO
+            if log.isEnabledFor(level):
+                log.log(level, "%s -> %d %s", describe(msg), reply.code, clip(reply.message))
         await self.send_reply(msg, reply)
 
     async def send_reply(self, request: Message, reply: Reply) -> None:
@@ -339,7 +383,7 @@ class Service(Endpoint):
         try:
             await self.send(out)
         except Exception as exc:
-            log.error("could not send reply to %s: %s", request.reply_to, exc)
+            self._reply_failed("could not send reply to %s: %s", request.reply_to, exc)
 
     # ----------------------------------------------------------------- the service as endpoint
     async def set_condition(self, condition: int) -> Reply:

@@ -47,6 +47,7 @@ LIFECYCLE_HOOKS = frozenset(
         "run",
         "request_stop",
         "on_start",
+        "on_stopping",
         "on_stop",
         "setup_consumers",
         "process_alert",
@@ -180,6 +181,14 @@ class Database:
             try:
                 yield conn
             except CONNECTION_ERRORS as exc:
+                if not (conn.broken or conn.closed or isinstance(exc, OSError)):
+                    # an OperationalError on a working connection (e.g. a value too large for
+                    # an index, a statement timeout) is the statement's problem, not the link's
+                    await self._give_back(conn, rollback=True)
+                    raise ThrowReply(
+                        "database_error",
+                        f"{self.where} refused the statement: {self.describe_error(exc)}",
+                    ) from None
                 await self._discard(conn)
                 raise ThrowReply(
                     "database_error",

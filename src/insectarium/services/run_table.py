@@ -5,17 +5,25 @@ gets ``{"run_id": …, "start_timestamp": "…Z"}`` back: the id names the run's
 the timestamp opens the snapshot window.  On top of dragonfly:
 
 * ``do_select(run_id=None, last=10)`` — one run, or the most recent ones (newest first);
-* ``end_run(run_id)`` — stamps ``end_column`` (default ``end_timestamp``) with the database clock
-  in UTC, once; the run's snapshot window then has a recorded end.
+* ``end_run(run_id, end_timestamp=None, end_reason=None)`` — stamps ``end_column`` (default
+  ``end_timestamp``) with the given time or the database clock in UTC, once, and the reason in
+  ``end_reason_column`` (``completed``, ``ended``, ``stopped``, ``interrupted``, ``aborted``);
+* ``open_runs(daq_name=None)`` — runs without an end (the DAQ closes those a crash left open).
+
+A run name is at most :data:`~insectarium.dripline.limits.MAX_NAME_LENGTH` characters and a run
+time a finite number of seconds (304 otherwise): a 1 MB name used to surface as a misleading
+"lost the connection", a NaN duration was stored.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from psycopg import sql
 
 from ..dripline import ThrowReply
+from ..dripline.limits import MAX_INTERVAL_S, MAX_NAME_LENGTH
 from .postgres import identifier
 from .snapshot import exact_timestamp
 from .sql_table import SQLTable, _positive_int
@@ -35,6 +43,7 @@ class RunTable(SQLTable):
         id_column: str = "run_id",
         start_column: str = "start_timestamp",
         end_column: str | None = "end_timestamp",
+        end_reason_column: str | None = "end_reason",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -57,6 +66,22 @@ class RunTable(SQLTable):
         self.end_column = end_column
         if end_column:
             identifier(end_column, "end_column")
+        self.end_reason_column = end_reason_column
+        if end_reason_column:
+            identifier(end_reason_column, "end_reason_column")
+        self._reason_column_seen = False
+
+    def _insert_values(self, given: Any) -> dict[str, Any]:
+        values = super()._insert_values(given)
+        name = values.get("run_name")
+        if isinstance(name, str) and len(name) > MAX_NAME_LENGTH:
+            raise ThrowReply(
+                "service_error_invalid_value",
+                f"run_name is {len(name)} characters long; the limit is {MAX_NAME_LENGTH}",
+            )
+        if "run_time_s" in values and values["run_time_s"] is not None:
+            values["run_time_s"] = _seconds(values["run_time_s"], "run_time_s")
+        return values
 
     async def do_select(  # type: ignore[override]
         self, run_id: int | None = None, last: int = 10
@@ -78,8 +103,11 @@ class RunTable(SQLTable):
             raise ThrowReply("service_error_invalid_value", f"there is no run {run}")
         return rows
 
-    async def end_run(self, run_id: int, end_timestamp: str | None = None) -> dict[str, Any]:
-        """Record the end of run ``run_id``: ``end_timestamp`` (dripline format) or now (UTC).
+    async def end_run(
+        self, run_id: int, end_timestamp: str | None = None, end_reason: str | None = None
+    ) -> dict[str, Any]:
+        """Record the end of run ``run_id``: ``end_timestamp`` (dripline format) or now (UTC),
+        and why it ended (``end_reason``, kept when the table has ``end_reason_column``).
 
         Never earlier than the run's start (a DAQ clock slightly behind the database's would
         otherwise violate the table's check).  304 for an unknown or already ended run.
@@ -88,26 +116,88 @@ class RunTable(SQLTable):
             raise ThrowReply("service_error_invalid_method", f"{self.name} has no end_column")
         run = _run_id(run_id)
         end_at = None if end_timestamp is None else exact_timestamp(end_timestamp, "end_timestamp")
+        if end_reason is not None and end_reason not in END_REASONS:
+            raise ThrowReply(
+                "service_error_invalid_value",
+                f"end_reason must be one of {', '.join(END_REASONS)}, not {str(end_reason)[:60]!r}",
+            )
         end = sql.Identifier(self.end_column)
+        params: list[Any] = [end_at]
+        reason = sql.SQL("")
+        if end_reason is not None and await self._has_reason_column():
+            reason = sql.SQL(", {} = %s").format(sql.Identifier(self.end_reason_column))
+            params.append(end_reason)
         query = sql.SQL(
             "UPDATE {table} SET {end} = GREATEST("
-            "coalesce(%s::timestamp, now() AT TIME ZONE 'UTC'), {start}) "
-            "WHERE {id} = %s AND {end} IS NULL RETURNING {id}, {end}"
+            "coalesce(%s::timestamp, now() AT TIME ZONE 'UTC'), {start}){reason} "
+            "WHERE {id} = %s AND {end} IS NULL RETURNING *"
         ).format(
             table=self.table_sql,
             end=end,
             start=sql.Identifier(self.start_column),
+            reason=reason,
             id=sql.Identifier(self.id_column),
         )
-        rows = await self._execute(query, [end_at, run], "ending a run in")
+        rows = await self._execute(query, [*params, run], "ending a run in")
         if rows:
-            self.log.info("run %d ended at %s", run, rows[0][self.end_column])
-            return rows[0]
+            self.log.info(
+                "run %d ended at %s (%s)", run, rows[0][self.end_column], end_reason or "-"
+            )
+            keep = {self.id_column, self.end_column, self.end_reason_column}
+            return {k: v for k, v in rows[0].items() if k in keep}
         existing = await self.do_select(run_id=run)  # 304 if the run does not exist
         raise ThrowReply(
             "service_error_invalid_value",
             f"run {run} already ended at {existing[0].get(self.end_column)}",
         )
+
+    async def _has_reason_column(self) -> bool:
+        """Whether the table has ``end_reason_column`` (a database before migration 005 has
+        not: the end is then recorded without its reason rather than not at all)."""
+        if not self.end_reason_column:
+            return False
+        if not self._reason_column_seen:
+            self._reason_column_seen = self.end_reason_column in await self._columns()
+            if not self._reason_column_seen:
+                self.log.warning(
+                    "%s has no column %s (migration 005 not applied): end reasons not recorded",
+                    self.where,
+                    self.end_reason_column,
+                )
+        return self._reason_column_seen
+
+    async def open_runs(self, daq_name: str | None = None) -> list[dict[str, Any]]:
+        """Runs without an end (oldest first), of one DAQ if ``daq_name`` is given."""
+        if not self.end_column:
+            return []
+        condition = sql.SQL("{} IS NULL").format(sql.Identifier(self.end_column))
+        params: list[Any] = []
+        if daq_name is not None:
+            condition = sql.SQL("{} AND daq_name = %s").format(condition)
+            params.append(str(daq_name))
+        query = sql.SQL("SELECT * FROM {} WHERE {} ORDER BY {} LIMIT 100").format(
+            self.table_sql, condition, sql.Identifier(self.id_column)
+        )
+        return await self._execute(query, params, "reading")
+
+
+#: how a run can end (the database checks the same list, migration 005)
+END_REASONS = ("completed", "ended", "stopped", "interrupted", "aborted")
+
+
+def _seconds(value: Any, what: str) -> float:
+    """A duration from a request: a finite, non-negative number of seconds (304 otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ThrowReply(
+            "service_error_invalid_value", f"{what} must be a number of seconds, got {value!r:.60}"
+        )
+    number = float(value)
+    if not math.isfinite(number) or not 0 <= number <= MAX_INTERVAL_S:
+        raise ThrowReply(
+            "service_error_invalid_value",
+            f"{what} must be a finite number of seconds from 0 to {MAX_INTERVAL_S:g}, got {value}",
+        )
+    return number
 
 
 def _run_id(value: Any) -> int:

@@ -3,7 +3,10 @@
 Every ``sensor_value.<endpoint>`` alert is a candidate row.  As in dragonfly (and unlike
 dripline-python 5's ``PostgresSensorLogger``) only endpoints listed in ``endpoint_id_map`` are
 stored, in the table their ``type`` names; values of other endpoints are dropped with **one** log
-line per endpoint name, so a chatty unmapped sensor cannot flood the log.
+line per endpoint name, so a chatty unmapped sensor cannot flood the log.  Per-name bookkeeping is
+kept for at most :data:`~insectarium.dripline.limits.MAX_TRACKED_NAMES` names; values of further
+names are counted together (50 000 invented names grew the logger's memory, log and status reply
+without bound).
 
 What differs from dragonfly, and why (performance-notes.md):
 
@@ -14,8 +17,10 @@ What differs from dragonfly, and why (performance-notes.md):
   trigger views), one transaction per flush: every ``batch_size`` values or ``flush_interval_s``,
   whichever comes first.  That is what reaches tens of thousands of values per second.
 * An alert is acknowledged only after the transaction holding its value committed
-  (:meth:`SensorLogger.process_alert` waits for it), and the queue ``not-sc_db_alerts`` is durable:
-  neither a logger restart nor a database outage loses values.  During an outage the batch is
+  (:meth:`SensorLogger.process_alert` waits for it), and the queue ``not-sc_db_alerts`` is a
+  durable quorum queue: neither a logger restart, a database outage nor a broker restart loses
+  values (a classic queue left by an older version is converted, see
+  :mod:`insectarium.dripline.alert_queue`).  During an outage the batch is
   retried with back-off; a value already stored (redelivered after a crash) is skipped through an
   ``ON CONFLICT DO NOTHING`` path and counted, instead of failing its whole batch.
 """
@@ -41,7 +46,9 @@ from psycopg import sql
 from ..dripline import AlertConsumer, Endpoint, Message, MsgType
 from ..dripline.chunking import Delivery
 from ..dripline.constants import CONTENT_ENCODING
+from ..dripline.limits import MAX_TRACKED_NAMES
 from ..dripline.message import parse_timestamp
+from ..dripline.throttle import LogThrottle
 from .postgres import CONNECTION_ERRORS, PostgreSQLService, identifier, qualified
 
 log = logging.getLogger(__name__)
@@ -85,6 +92,17 @@ def as_text(value: Any) -> str | None:
     if isinstance(value, str):
         return value
     return json.dumps(value, separators=(",", ":"))
+
+
+def _is_text(value: str | None) -> bool:
+    """Whether ``value`` can be encoded as UTF-8 (JSON allows lone surrogates, text does not)."""
+    if value is None or value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def as_json(value: Any) -> str | None:
@@ -193,10 +211,12 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self.stored = 0
         self.duplicates = 0
         self.rejected = 0
-        self.dropped_unknown: Counter[str] = Counter()
+        self.dropped_unknown: Counter[str] = Counter()  # at most MAX_TRACKED_NAMES names
+        self.dropped_unknown_other = 0  # values of names beyond those
         self.dropped_malformed = 0
         self._warned: set[str] = set()
         self._malformed_seen: Counter[str] = Counter()
+        self._untracked = LogThrottle(log)
 
     # ----------------------------------------------------------------- life cycle
     async def on_start(self) -> None:
@@ -299,17 +319,36 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         name = None
         if data is not None:
             name = data.get("endpoint_name") or data.get("sensor_name") or None
-        if len(self._names) < 100_000:
+        if len(self._names) < 10 * MAX_TRACKED_NAMES:
             self._names[routing_key] = name
         return name
 
     def _malformed(self, name: str, why: str) -> None:
         """Count a dropped value; warn for the first of each endpoint and then every 1000th."""
         self.dropped_malformed += 1
+        if name not in self._malformed_seen and len(self._malformed_seen) >= MAX_TRACKED_NAMES:
+            self._untracked("dropped a malformed value of %r: %s", name[:200], why)
+            return
         self._malformed_seen[name] += 1
         seen = self._malformed_seen[name]
         if seen == 1 or seen % 1000 == 0:
-            log.warning("dropped a value of %r (%d so far): %s", name, seen, why)
+            log.warning("dropped a value of %r (%d so far): %s", name[:200], seen, why)
+
+    def _unknown(self, name: str, text: str, *args: Any) -> None:
+        """Count a value of an endpoint that cannot be stored; say so once per name."""
+        if name not in self.dropped_unknown and len(self.dropped_unknown) >= MAX_TRACKED_NAMES:
+            self.dropped_unknown_other += 1
+            self._untracked(
+                "dropped a value of %r: not in endpoint_id_map (more than %d such names: "
+                "counted together as dropped_unknown_other)",
+                name[:200],
+                MAX_TRACKED_NAMES,
+            )
+            return
+        self.dropped_unknown[name] += 1
+        if name not in self._warned:
+            self._warned.add(name)
+            log.warning(text, name[:200], *args)
 
     async def process_alert(self, msg: Message) -> None:
         """The runtime's path (chunked or unusual messages): same as the lean path."""
@@ -332,26 +371,20 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             return None
         entry = self.endpoint_map.get(name) or await self._lookup(name)
         if entry is None:
-            self.dropped_unknown[name] += 1
-            if name not in self._warned:
-                self._warned.add(name)
-                log.warning(
-                    "endpoint %r is not in endpoint_id_map; its values are dropped (add it to %s)",
-                    name,
-                    SEED_HINT,
-                )
+            self._unknown(
+                name,
+                "endpoint %r is not in endpoint_id_map; its values are dropped (add it to %s)",
+                SEED_HINT,
+            )
             return None
         endpoint_id, kind = entry
         if kind not in self.data_tables:
-            self.dropped_unknown[name] += 1
-            if name not in self._warned:
-                self._warned.add(name)
-                log.warning(
-                    "endpoint %r has type %r, which has no data table (%s); its values are dropped",
-                    name,
-                    kind,
-                    ", ".join(self.data_tables),
-                )
+            self._unknown(
+                name,
+                "endpoint %r has type %r, which has no data table (%s); its values are dropped",
+                kind,
+                ", ".join(self.data_tables),
+            )
             return None
         if not isinstance(payload, Mapping):
             self._malformed(name, f"payload is not an object: {payload!r:.80}")
@@ -372,6 +405,9 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             raw_v, cal_v = as_json(raw), as_json(cal)
         else:
             raw_v, cal_v = as_text(raw), as_text(cal)
+            if not (_is_text(raw_v) and _is_text(cal_v)):  # a lone surrogate cannot be stored
+                self._malformed(name, "value is not valid Unicode text")
+                return None
         if raw_v is None and cal_v is None and memo is None:
             self._malformed(name, "payload has no value_raw, value_cal or memo")
             return None
@@ -380,13 +416,17 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         if batch is None:
             batch = self._batch = Batch(started=time.monotonic())
             self._wake.set()
-        if memo is None:
+        memo_text = None if memo is None else as_text(memo) or ""
+        if not _is_text(memo_text):
+            self._malformed(name, "memo is not valid Unicode text")
+            return None
+        if memo_text is None:
             rows = batch.rows.get(kind)
             if rows is None:
                 rows = batch.rows[kind] = []
             rows.append(row)
         else:
-            batch.memos.append((kind, row, as_text(memo) or ""))
+            batch.memos.append((kind, row, memo_text))
         batch.size += 1
         if batch.size >= self.flush_at:
             self._full.set()
@@ -451,6 +491,11 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             return None  # the runtime path reports it
         return payload, str(stamp)
 
+    def alert_deliveries_settled(self, channel: Any) -> bool:
+        """Every delivery of ``channel`` stored (or dropped) and acknowledged."""
+        acks = self._acks.get(id(channel))
+        return acks is None or acks.channel is not channel or not (acks.inflight or acks.done)
+
     def _acks_for(self, incoming: AbstractIncomingMessage) -> _Acks:
         channel = incoming.channel
         acks = self._acks.get(id(channel))
@@ -460,7 +505,9 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
 
     def _schedule_ack(self, acks: _Acks) -> None:
         acks.scheduled = False
-        if self.is_running:
+        # also while starting (a classic queue being drained before the service runs); after
+        # the stop the connection is gone and stop() has sent what was left
+        if self.connection is not None:
             self.spawn(self._send_acks(acks), name="ack")
 
     async def _send_acks(self, acks: _Acks) -> None:
@@ -540,7 +587,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 return
             except psycopg.errors.UniqueViolation:
                 pass  # some values are stored already (redelivered): fall through
-            except psycopg.errors.DataError as exc:
+            except (psycopg.errors.DataError, UnicodeEncodeError) as exc:
                 log.warning("a batch was refused (%s); storing its values one by one", exc)
                 await self._store_one_by_one(conn, batch)
                 return
@@ -630,7 +677,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 inserted += await self._insert_memos(conn, single)
             self.stored += inserted
             self.duplicates += 1 - inserted
-        except psycopg.DataError as exc:
+        except (psycopg.DataError, UnicodeEncodeError) as exc:
             self.rejected += 1
             log.warning("the database refused a value: %s", exc)
 
@@ -642,6 +689,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             "duplicates_skipped": self.duplicates,
             "rejected": self.rejected,
             "dropped_unknown": dict(self.dropped_unknown),
+            "dropped_unknown_other": self.dropped_unknown_other,
             "dropped_malformed": self.dropped_malformed,
             "pending": (batch.size if batch else 0),
             "mapped_endpoints": len(self.endpoint_map),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import decimal
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -107,6 +108,11 @@ class SQLTable(Endpoint):
                 dropped.append(key)
         if dropped:
             self.log.debug("do_insert ignores keys %s (not configured)", sorted(dropped))
+        for key, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ThrowReply(
+                    "service_error_invalid_value", f"{key} must be a finite number, not {value}"
+                )
         missing = [c for c in self.required_insert_names if values.get(c) is None]
         if missing:
             raise ThrowReply(
@@ -126,8 +132,10 @@ class SQLTable(Endpoint):
                     await cur.execute(query, params)
                     rows = await cur.fetchall() if cur.description else []
             except psycopg.Error as exc:
-                if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
-                    raise
+                if conn.broken or conn.closed:
+                    raise  # the connection is gone: Database reports it as such
+                # refused by the server on a working connection (a check, a value too large
+                # for an index …): say what was refused, not "lost the connection"
                 raise database_error(db, exc, f"{doing} {self.where}") from None
         return [plain_row(r) for r in rows]
 

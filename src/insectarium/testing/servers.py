@@ -40,6 +40,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -516,6 +517,15 @@ def _epmd_binary() -> str:
     return found
 
 
+@dataclass(frozen=True)
+class TLSFiles:
+    """PEM files of a TLS listener: the CA that signs clients, the server's cert and key."""
+
+    ca: Path
+    cert: Path
+    key: Path
+
+
 class RabbitMQServer(_Server):
     """A private RabbitMQ node.
 
@@ -536,14 +546,21 @@ class RabbitMQServer(_Server):
         base_dir: str | os.PathLike[str] | None = None,
         start_timeout_s: float = 60.0,
         await_startup: bool = True,
+        tls: TLSFiles | None = None,
+        plain: bool = True,
     ):
         super().__init__(keep=keep, base_dir=base_dir)
+        if not plain and tls is None:
+            raise ValueError("plain=False needs tls (the node would have no listener)")
         if not RABBITMQ_SERVER.exists():
             raise ServerError(f"{RABBITMQ_SERVER} not found (apt-get install rabbitmq-server)")
         self.user = user
         self.password = password or secrets.token_urlsafe(16)
         self.nodename = f"insect-{secrets.token_hex(4)}@localhost"
         self.port = 0
+        self.tls = tls
+        self.plain = plain
+        self.tls_port = 0
         self.dist_port = 0
         self.epmd_port = 0
         self.start_timeout_s = start_timeout_s
@@ -577,6 +594,8 @@ class RabbitMQServer(_Server):
             self.port = free_port()
             self.dist_port = free_port()
             self.epmd_port = free_port()
+            if self.tls is not None:
+                self.tls_port = free_port()
         (workdir / "enabled_plugins").write_text("[].\n", encoding="utf-8")
         (workdir / "rabbitmq-env.conf").write_text("", encoding="utf-8")
         (workdir / "advanced.config").write_text("[].\n", encoding="utf-8")
@@ -593,6 +612,17 @@ class RabbitMQServer(_Server):
             "disk_free_limit.absolute = 1MB",
             "vm_memory_high_watermark.relative = 0.8",
         ]
+        if not self.plain:
+            conf.append("listeners.tcp = none")
+        if self.tls is not None:
+            conf += [
+                f"listeners.ssl.default = {_LOCALHOST}:{self.tls_port}",
+                f"ssl_options.cacertfile = {self.tls.ca}",
+                f"ssl_options.certfile = {self.tls.cert}",
+                f"ssl_options.keyfile = {self.tls.key}",
+                "ssl_options.verify = verify_peer",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
         (workdir / "rabbitmq.conf").write_text("\n".join(conf) + "\n", encoding="utf-8")
         (workdir / "rabbitmq.conf").chmod(0o600)
 
@@ -675,13 +705,23 @@ class RabbitMQServer(_Server):
 
     def _wait_amqp(self, timeout_s: float) -> bool:
         """Wait until the port answers the AMQP 0-9-1 header with a Connection.Start frame."""
+        import ssl
+
+        port = self.port if self.plain else self.tls_port
+        wrap: Any = None
+        if not self.plain:
+            ctx = ssl.create_default_context()
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE  # only asking whether the listener is up
+            wrap = ctx.wrap_socket
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self._proc is None or self._proc.poll() is not None:
                 return False
             with (
                 contextlib.suppress(OSError),
-                socket.create_connection((_LOCALHOST, self.port), timeout=1.0) as s,
+                socket.create_connection((_LOCALHOST, port), timeout=1.0) as raw,
+                wrap(raw) if wrap else contextlib.nullcontext(raw) as s,
             ):
                 s.sendall(b"AMQP\x00\x00\x09\x01")
                 s.settimeout(2.0)
@@ -707,6 +747,19 @@ class RabbitMQServer(_Server):
                 f"{(result.stderr or result.stdout).strip()}"
             )
         return result.stdout
+
+    def kill(self) -> None:
+        """``kill -9`` the node (no shutdown at all, as a crash or a host loss); ``start()``
+        brings it back on the same port with what it had written to disk."""
+        if self._proc is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(self._proc.pid):
+                time.sleep(0.05)
+        self._proc = None
 
     def stop(self) -> None:
         """Stop the node (its data stays: ``start()`` brings it back on the same port)."""
