@@ -24,6 +24,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from .role_grants import grant_read_only
+
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "files" / "configs"
 # (program, config file, needs the database) — the lab's six services
@@ -35,14 +37,6 @@ PROGRAMS = [
     ("not-status_multido", "status_multigets.yaml", False),
     ("not-generic_daq", "generic_daq.yaml", False),
 ]
-#: the grants of purpose ``console`` in roles/postgresql/defaults/main.yml, as SQL
-CONSOLE_GRANTS = [
-    "GRANT SELECT ON public.endpoint_id_map, public.endpoint_numeric_data, "
-    "public.endpoint_string_data, public.endpoint_json_data, public.measurement_metadata, "
-    "public.endpoint_numeric_rollup_1m, public.endpoint_numeric_rollup_1h TO {role}",
-    "GRANT USAGE ON SCHEMA runs TO {role}",
-    "GRANT SELECT ON runs.run_table TO {role}",
-]
 
 
 def free_port() -> int:
@@ -53,14 +47,9 @@ def free_port() -> int:
 
 def console_role(postgres_server: Any, dsn: str) -> tuple[str, str]:
     """A login role with the console's read-only grants on the database of ``dsn``."""
-    import psycopg
-    from psycopg import sql
-
     role, password = f"console_{secrets.token_hex(4)}", secrets.token_urlsafe(12)
     postgres_server.create_role(role, password)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for grant in CONSOLE_GRANTS:
-            conn.execute(sql.SQL(grant.replace("{role}", "{}")).format(sql.Identifier(role)))
+    grant_read_only(dsn, role)  # the console is a read-only purpose (inventories/shared/lab.yml)
     return role, password
 
 

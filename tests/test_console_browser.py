@@ -172,9 +172,26 @@ def shot(browser: Any, name: str, max_height: int = 1800) -> None:
 
 
 def until(browser: Any, condition: Any, timeout: float = 30, what: str = "") -> Any:
+    """Wait for ``condition``; the live tables are re-rendered every refresh, so an element
+    found a moment ago may be stale: that is "not yet", not an error."""
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(browser, timeout, poll_frequency=0.2).until(condition, what)
+    wait = WebDriverWait(
+        browser, timeout, poll_frequency=0.2, ignored_exceptions=[StaleElementReferenceException]
+    )
+    return wait.until(condition, what)
+
+
+def click(browser: Any, css: str, timeout: float = 30) -> None:
+    """Click the element ``css`` selects, finding it again if a refresh replaced it."""
+    from selenium.webdriver.common.by import By
+
+    def clicked(b: Any) -> bool:
+        b.find_element(By.CSS_SELECTOR, css).click()
+        return True
+
+    until(browser, clicked, timeout, f"a click on {css}")
 
 
 def login(browser: Any, console: ConsoleProcess, user: str, password: str) -> None:
@@ -239,16 +256,11 @@ def test_services_page_lists_the_six_programs_and_stop_start_round_trips(
     assert {r.get_attribute("data-host") for r in rows} == {"glenlivet"}
 
     target = "not-status_multido"
-    stop = browser.find_element(
-        By.CSS_SELECTOR, f'#services tr[data-program="{target}"] button[data-action="stop"]'
-    )
-    stop.click()
+    click(browser, f'#services tr[data-program="{target}"] button[data-action="stop"]')
     # the page updates itself (no reload): the state shows up within a few seconds
     until(browser, lambda b: program_state(b, target) == "STOPPED", 30, f"{target} STOPPED")
     assert lab.states()[target] == "STOPPED"  # really stopped, as supervisord says
-    browser.find_element(
-        By.CSS_SELECTOR, f'#services tr[data-program="{target}"] button[data-action="start"]'
-    ).click()
+    click(browser, f'#services tr[data-program="{target}"] button[data-action="start"]')
     until(browser, lambda b: program_state(b, target) == "RUNNING", 30, f"{target} RUNNING")
     assert lab.states()[target] == "RUNNING"
 
@@ -259,7 +271,7 @@ def test_services_page_lists_the_six_programs_and_stop_start_round_trips(
     until(browser, lambda b: not b.find_elements(By.CSS_SELECTOR, "#services tr[data-program]"))
     Select(browser.find_element(By.ID, "filter-state")).select_by_value("")
     log_button = f'#services tr[data-program="{target}"] button[data-action="log"]'
-    until(browser, lambda b: b.find_elements(By.CSS_SELECTOR, log_button))[0].click()
+    click(browser, log_button)
     until(
         browser,
         lambda b: "started" in b.find_element(By.ID, "log-text").text.lower(),
@@ -382,16 +394,12 @@ def test_a_finished_virtual_run_its_page_and_its_report(
     assert {12.0, 18.0, 24.0} <= set(cal)  # times3 calibration
 
     browser.get(console.url + "/runs")
-    link = until(
-        browser, lambda b: b.find_elements(By.CSS_SELECTOR, f'#runs tr[data-run="{run_id}"] a')
+    text = until(
+        browser, lambda b: b.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{run_id}"]').text
     )
-    assert (
-        "console_run"
-        in browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{run_id}"]').text
-    )
-    assert "ended" in browser.find_element(By.CSS_SELECTOR, f'#runs tr[data-run="{run_id}"]').text
+    assert "console_run" in text and "ended" in text
     shot(browser, "runs")
-    link[0].click()
+    click(browser, f'#runs tr[data-run="{run_id}"] a')
     until(browser, lambda b: b.current_url.endswith(f"/runs/{run_id}"))
     row = browser.find_element(By.CSS_SELECTOR, '#summary tr[data-endpoint="chips"]').text.split()
     # endpoint type count min max mean first last field

@@ -7,6 +7,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from insectarium.dripline import ReplyError
 from insectarium.dripline.config import load_file
@@ -14,6 +15,7 @@ from insectarium.dripline.factory import create_service
 from insectarium.services.postgres import PostgreSQLService
 from insectarium.services.run_table import RunTable
 
+from .role_grants import grant_purpose
 from .runtime_support import mesh_for, running, unique
 from .test_sensor_logger import db_auth
 
@@ -226,3 +228,29 @@ async def test_a_statement_the_database_refuses_is_not_a_lost_connection(
     assert "lost the connection" not in refused.value.message
     assert "index row" in refused.value.message
     assert after["run_id"] >= 1
+
+
+async def test_the_run_writer_grants_of_the_lab_are_enough(
+    lab_database: str, postgres_server: Any, amqp_url: str, client: Any
+) -> None:
+    """The service under exactly the postgresql role's run_writer grants: insert, end with a
+    reason, read; a run's name stays out of its reach."""
+    role = unique("run_writer")
+    role_dsn = postgres_server.create_role(role)
+    grant_purpose(lab_database, role, "run_writer")
+    dsn = make_conninfo(role_dsn, dbname=conninfo_to_dict(lab_database)["dbname"])
+    table = lab_table(unique("run_table"))
+    async with running(run_service(dsn, amqp_url, table)):
+        run = await client.cmd(table.name, "do_insert", keyed_args={"run_name": "granted"})
+        ended = await client.cmd(
+            table.name, "end_run", keyed_args={"run_id": run["run_id"], "end_reason": "completed"}
+        )
+        one = await client.cmd(table.name, "do_select", keyed_args={"run_id": run["run_id"]})
+    assert ended["end_reason"] == "completed" and one[0]["end_reason"] == "completed"
+    with (
+        psycopg.connect(dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(
+            "UPDATE runs.run_table SET run_name = 'forged' WHERE run_id = %s", [run["run_id"]]
+        )

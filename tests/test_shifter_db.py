@@ -11,33 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 import yaml
-from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from insectarium.cli import lab
 
-from .runtime_support import REPO
+from .role_grants import DEFAULTS, grant_read_only
 from .test_lab_cli import seed_runs
-
-DEFAULTS = yaml.safe_load((REPO / "roles/postgresql/defaults/main.yml").read_text())
-
-
-def grant_read_only(dsn: str, role: str) -> None:
-    """Apply the role's postgresql_read_only_grants as postgresql_privs would."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for g in DEFAULTS["postgresql_read_only_grants"]:
-            privs = sql.SQL(g["privs"])
-            if g["type"] == "schema":
-                target = sql.SQL("SCHEMA {}").format(sql.Identifier(g["objs"]))
-            elif g["objs"] == "ALL_IN_SCHEMA":
-                target = sql.SQL("ALL TABLES IN SCHEMA {}").format(sql.Identifier(g["schema"]))
-            else:
-                target = sql.SQL("TABLE {}.{}").format(
-                    sql.Identifier(g["schema"]), sql.Identifier(g["objs"])
-                )
-            conn.execute(
-                sql.SQL("GRANT {} ON {} TO {}").format(privs, target, sql.Identifier(role))
-            )
 
 
 @pytest.fixture

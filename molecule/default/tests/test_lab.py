@@ -194,7 +194,8 @@ def test_run_writer_may_set_only_the_end(db, secrets):
         db,
         "sc_run_writer",
         pw,
-        "UPDATE runs.run_table SET end_timestamp = end_timestamp WHERE false",
+        "UPDATE runs.run_table SET end_timestamp = end_timestamp, end_reason = end_reason "
+        "WHERE false",
     )
     assert ok.rc == 0, ok.stderr
     inserted = as_role(

@@ -65,26 +65,26 @@ class Program:
         }
 
 
-class _TimeoutTransport(xmlrpc.client.Transport):
+class _Timeout:
+    """A socket timeout on every connection: xmlrpc.client has none, and one hung supervisord
+    must not hold up the page of every host."""
+
     def __init__(self, timeout_s: float) -> None:
         super().__init__()
         self._timeout_s = timeout_s
 
     def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        conn = super().make_connection(host)
+        conn = super().make_connection(host)  # type: ignore[misc]
         conn.timeout = self._timeout_s
         return conn
 
 
-class _SafeTimeoutTransport(xmlrpc.client.SafeTransport):
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__()
-        self._timeout_s = timeout_s
+class _TimeoutTransport(_Timeout, xmlrpc.client.Transport):
+    pass
 
-    def make_connection(self, host: Any) -> http.client.HTTPConnection:
-        conn = super().make_connection(host)
-        conn.timeout = self._timeout_s
-        return conn
+
+class _SafeTimeoutTransport(_Timeout, xmlrpc.client.SafeTransport):
+    pass
 
 
 class SupervisorHost:
