@@ -145,6 +145,40 @@ async def test_a_broker_restart_during_scheduled_logging_loses_no_value(
     assert "published" in text and "kept alert(s)" in text
 
 
+async def test_scheduled_logging_keeps_its_ticks_while_the_broker_holds_publishes(
+    broker: Any, lab_database: str, amqp_url: str
+) -> None:
+    """A memory alarm makes the broker stop reading from publishers (as a broker that shuts down
+    holds confirms): the values are still taken every tick and all arrive once it clears."""
+    interval = 0.25
+    source = unique("held")
+    name = f"{source}_v"
+    register(lab_database, **{name: "numeric"})
+    logger: SensorLogger = make_logger(
+        lab_database, amqp_url, alert_queue_name=unique("sc_db_alerts"), alert_queue_durable=True
+    )
+    service = Service(
+        source,
+        dripline_mesh=mesh_for(amqp_url),
+        authentication=auth_for(amqp_url),
+        heartbeat_interval_s=0,
+    )
+    service.add_endpoint(KeyValueStore(name, initial_value=2.5, log_interval=interval))
+    async with running(logger), running(service):
+        await asyncio.sleep(1)
+        await asyncio.to_thread(broker.ctl, "set_vm_memory_high_watermark", "0")  # alarm on
+        try:
+            await asyncio.sleep(3)
+        finally:
+            await asyncio.to_thread(broker.ctl, "set_vm_memory_high_watermark", "0.8")
+        await eventually(lambda: len(stored(lab_database, name)) >= 6.5 / interval, timeout=30)
+    times = stored(lab_database, name)
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(times)]
+    assert max(gaps) < 2 * interval, (
+        f"ticks were skipped while publishes waited: {sorted(gaps)[-3:]}"
+    )
+
+
 async def test_an_outage_is_reported_in_a_few_lines(
     broker: Any, amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:

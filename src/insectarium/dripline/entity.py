@@ -24,7 +24,12 @@ from typing import Any
 from .calibration import CalibrationError, apply_calibration
 from .constants import DEFAULT_LOG_ROUTING_KEY_PREFIX
 from .endpoint import Endpoint, Reply, maybe_await
-from .limits import MAX_CALIBRATION_EXPRESSION, MAX_INTERVAL_S, MIN_LOG_INTERVAL_S
+from .limits import (
+    MAX_CALIBRATION_EXPRESSION,
+    MAX_INTERVAL_S,
+    MIN_LOG_INTERVAL_S,
+    SCHEDULED_ALERTS_IN_FLIGHT,
+)
 from .message import Message
 from .return_codes import ThrowReply
 from .throttle import LogThrottle
@@ -54,6 +59,9 @@ def to_seconds(value: float | int | Mapping[str, float] | None, what: str) -> fl
     if seconds > MAX_INTERVAL_S:
         raise ValueError(f"{what} of {seconds:g} s exceeds the limit of {MAX_INTERVAL_S:g} s")
     return seconds
+
+
+_SKIP = object()  # a scheduled tick that logs nothing
 
 
 def log_interval_seconds(value: float | int | Mapping[str, float] | None) -> float:
@@ -96,6 +104,8 @@ class Entity(Endpoint):
         self._last_log_value: Any = None
         self._last_log_time: float | None = None
         self._log_task: asyncio.Task[None] | None = None
+        self._sending: set[asyncio.Task[None]] = set()  # scheduled values being published
+        self._logging_paused = False
         self._log_failed = LogThrottle(self.log)
         if self.log_on_set and not self.get_on_set:
             self.log.warning("log_on_set needs get_on_set; enabling get_on_set")
@@ -197,9 +207,11 @@ class Entity(Endpoint):
         """Publish ``value`` as alert ``<prefix>.<name>``."""
         if self.service is None:
             raise RuntimeError(f"{self!r} is not part of a running service")
-        await self.service.send_alert(f"{self.log_routing_key_prefix}.{self.name}", value)
+        # marked before the publish: the next tick compares with it while this one may still
+        # wait for the broker's confirm
         self._last_log_value = value
         self._last_log_time = time.monotonic()
+        await self.service.send_alert(f"{self.log_routing_key_prefix}.{self.name}", value)
 
     def _should_log(self, result: Any) -> bool:
         if self._last_log_time is None:
@@ -226,14 +238,32 @@ class Entity(Endpoint):
         )
 
     async def scheduled_log(self) -> None:
-        """One tick of scheduled logging (errors are logged, never fatal)."""
+        """One tick of scheduled logging, publish included (errors are logged, never fatal)."""
+        value = await self._scheduled_value()
+        if value is not _SKIP:
+            await self._send_scheduled(value)
+
+    async def _scheduled_value(self) -> Any:
+        """What this tick logs, or ``_SKIP`` (the get failed, logged; or nothing changed enough)."""
         try:
             result = await self.get_calibrated()
         except ThrowReply as exc:
             self._log_failed("scheduled log of %s: get failed with %s", self.name, exc)
-            return
-        if self._should_log(result):
-            await self.log_a_value(result)
+            return _SKIP
+        return result if self._should_log(result) else _SKIP
+
+    async def _send_scheduled(self, value: Any) -> None:
+        try:
+            await self.log_a_value(value)
+            self._logging_paused = False
+        except asyncio.CancelledError:
+            raise
+        except ConnectionError as exc:  # broker away: say it once per outage
+            if not self._logging_paused:
+                self.log.warning("scheduled logging paused: %s", exc)
+            self._logging_paused = True
+        except Exception as exc:  # at most one line a minute, however short the interval
+            self._log_failed("scheduled log of %s failed: %s", self.name, repr(exc)[:300])
 
     def start_logging(self) -> None:
         if self.service is None or self._log_interval <= 0:
@@ -264,19 +294,25 @@ class Entity(Endpoint):
             raise ValueError(f"logging_status must be on/off, not {value!r}")
 
     async def _log_loop(self) -> None:
+        """Tick every ``log_interval``: the get is awaited (an instrument answers one question at
+        a time), the publish runs beside the loop. A broker that is shutting down may hold a
+        confirm for seconds; awaiting it here skipped the ticks of those seconds (values never
+        taken), while a publish that fails is kept by the service's outbox anyway."""
         interval = self._log_interval
-        paused = False
+        loop = asyncio.get_running_loop()
         while True:
             started = time.monotonic()
             try:
-                await self.scheduled_log()
-                paused = False
+                value = await self._scheduled_value()
             except asyncio.CancelledError:
                 raise
-            except ConnectionError as exc:  # broker away: say it once per outage
-                if not paused:
-                    self.log.warning("scheduled logging paused: %s", exc)
-                paused = True
             except Exception as exc:  # at most one line a minute, however short the interval
                 self._log_failed("scheduled log of %s failed: %s", self.name, repr(exc)[:300])
+                value = _SKIP
+            if value is not _SKIP:
+                if len(self._sending) >= SCHEDULED_ALERTS_IN_FLIGHT:
+                    await asyncio.wait(self._sending, return_when=asyncio.FIRST_COMPLETED)
+                task = loop.create_task(self._send_scheduled(value), name=f"log-send:{self.name}")
+                self._sending.add(task)  # a strong reference until it is done
+                task.add_done_callback(self._sending.discard)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

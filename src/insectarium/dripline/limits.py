@@ -55,6 +55,11 @@ MIN_LOG_INTERVAL_S = 0.05
 """Shortest scheduled-logging interval: ``set <entity> -s log_interval 0.0001`` would make the
 service publish ten thousand alerts a second."""
 
+SCHEDULED_ALERTS_IN_FLIGHT = 64
+"""Scheduled values of one entity whose publish is still waiting for the broker's confirm; the
+logging loop goes on ticking up to this many (a broker that shuts down holds confirms for
+seconds), then waits for one to finish."""
+
 MAX_NAME_LENGTH = 255
 """Characters of a name a request gives (a run name); names are indexed and shown in tables."""
 
