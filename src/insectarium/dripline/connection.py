@@ -32,17 +32,32 @@ import logging
 import os
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
-from .config import Credentials, MeshConfig, tls_context
+from .config_files import Credentials, tls_context
+from .errors import BrokerUnavailable, NotConnected, PublishRefused, UnroutableError
 from .limits import REPORT_INTERVAL_S
 from .message import Message, encode
 
+if TYPE_CHECKING:  # a QuickMesh does as well (dl-mon reads its mesh without pydantic)
+    from .config import MeshConfig
+    from .quick_mesh import QuickMesh
+
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "BROKER_ERRORS",
+    "BrokerUnavailable",
+    "Connection",
+    "NotConnected",
+    "PublishRefused",
+    "UnroutableError",
+    "describe_error",
+]
 
 _multi_chunk_warned = False  # the interop warning is said once per process
 
@@ -110,22 +125,6 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class UnroutableError(Exception):
-    """The broker returned a mandatory message: nothing is bound to its routing key."""
-
-
-class NotConnected(ConnectionError):
-    """The broker connection is down for now; the robust connection is re-establishing it."""
-
-
-class BrokerUnavailable(ConnectionError):
-    """Could not reach the broker within the attempts or the time allowed (one-line message)."""
-
-
-class PublishRefused(PermissionError):
-    """The broker refused a publish (ACCESS_REFUSED): this user may not use that routing key."""
-
-
 def _cert_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate check failure behind a connection error (aiormq wraps it), if any."""
     seen: BaseException | None = exc
@@ -139,7 +138,7 @@ def _cert_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError
 class Connection:
     def __init__(
         self,
-        mesh: MeshConfig,
+        mesh: MeshConfig | QuickMesh,
         credentials: Credentials,
         *,
         name: str = "dripline",

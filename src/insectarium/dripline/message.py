@@ -25,9 +25,8 @@ import socket
 import sys
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import aio_pika
 from pamqp import encode as _pamqp_encode
 
 from .. import __version__
@@ -41,6 +40,9 @@ from .constants import (
     MsgType,
 )
 from .limits import MAX_ECHO_BYTES, MAX_HEADER_FIELD, clip
+
+if TYPE_CHECKING:
+    import aio_pika
 
 
 class UInt32(int):
@@ -300,6 +302,8 @@ def encode(
     msg: Message, max_payload_size: int = DEFAULT_MAX_PAYLOAD_SIZE
 ) -> list[aio_pika.Message]:
     """AMQP messages (one per chunk) carrying ``msg``; identical but for ``message-id``."""
+    import aio_pika  # here, not at the top: the one-shot client (dl-agent) never loads it
+
     headers = headers_of(msg)
     chunks = split_body(dump_payload(msg.payload), max_payload_size)
     total = len(chunks)
