@@ -23,6 +23,7 @@ negotiated ``frame_max``, a message by ``max_message_size``, pending chunk sets 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import time
@@ -40,10 +41,9 @@ from pamqp.exceptions import UnmarshalingException
 
 from .. import __version__
 from .config_files import Credentials, tls_context
-from .constants import CONTENT_ENCODING
 from .errors import BrokerUnavailable, PublishRefused
 from .limits import MAX_ECHO_BYTES, MAX_PENDING_BYTES, MAX_PENDING_MESSAGES
-from .message import Message, decode, dump_payload, headers_of, parse_message_id, split_body
+from .message import Message, amqp_chunks, decode, multi_chunk_warning, parse_message_id
 from .return_codes import lookup
 
 if TYPE_CHECKING:
@@ -386,19 +386,14 @@ class OneShotClient:
     def _publish(self, msg: Message, exchange: str, *, mandatory: bool) -> str | None:
         """Publish every chunk and wait for the confirms; the text of a Basic.Return if the
         broker returned the message (mandatory, nothing bound)."""
-        headers = headers_of(msg)
-        chunks = split_body(dump_payload(msg.payload), self.mesh.max_payload_size)
-        total = len(chunks)
         returned: str | None = None
         sent = 0
-        for index, chunk in enumerate(chunks):
-            properties = _cmd.Basic.Properties(
-                content_encoding=CONTENT_ENCODING,
-                headers=headers,
-                correlation_id=msg.correlation_id,
-                reply_to=msg.reply_to or "",
-                message_id=f"{msg.message_uuid}/{index}/{total}",
+        chunks = amqp_chunks(msg, self.mesh.max_payload_size)
+        if len(chunks) > 1 and not msg.is_reply:
+            logging.getLogger(__name__).warning(
+                multi_chunk_warning(msg, len(chunks), self.mesh.max_payload_size)
             )
+        for chunk, properties in chunks:
             frames = [
                 _frame.marshal(
                     _cmd.Basic.Publish(
