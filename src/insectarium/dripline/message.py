@@ -290,6 +290,15 @@ class Message:
         return out
 
 
+def local_reply(request: Message, code: int, message: str) -> Message:
+    """A reply made on the client side (403 unroutable, 404 timeout), as dl-agent does."""
+    from .return_codes import lookup
+
+    reply = request.make_reply(code, message or lookup(code).description, None)
+    reply.routing_key = request.reply_to
+    return reply
+
+
 # --------------------------------------------------------------------------- encoding
 _Properties = _Basic.Properties
 _ENCODED_SENDERS: dict[str, tuple[dict[str, Any], EncodedTable]] = {}

@@ -43,8 +43,14 @@ from .. import __version__
 from .config_files import Credentials, tls_context
 from .errors import BrokerUnavailable, PublishRefused
 from .limits import MAX_ECHO_BYTES, MAX_PENDING_BYTES, MAX_PENDING_MESSAGES
-from .message import Message, amqp_chunks, decode, multi_chunk_warning, parse_message_id
-from .return_codes import lookup
+from .message import (
+    Message,
+    amqp_chunks,
+    decode,
+    local_reply,
+    multi_chunk_warning,
+    parse_message_id,
+)
 
 if TYPE_CHECKING:
     import ssl
@@ -76,13 +82,6 @@ class _ConnectionClosed(ConnectionError):
 
 class _AuthRefused(ConnectionError):
     pass
-
-
-def local_reply(request: Message, code: int, message: str) -> Message:
-    """A reply made on the client side (403 unroutable, 404 timeout), as :mod:`.client`."""
-    reply = request.make_reply(code, message or lookup(code).description, None)
-    reply.routing_key = request.reply_to
-    return reply
 
 
 def _describe(exc: BaseException) -> str:
