@@ -71,6 +71,9 @@ def release_soon(delay_s: float = 0.1) -> None:
     def run() -> None:
         global _scheduled  # noqa: PLW0603
         _scheduled = None
+        import gc
+
+        gc.collect()  # a large job's reference cycles (exception tracebacks, frames) go too
         release_free_memory()
 
     _scheduled = loop.call_later(delay_s, run)
