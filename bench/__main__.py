@@ -25,7 +25,8 @@ from .results import Report, git_info, machine_info
 EXIT_NOT_RUN = 3
 
 BENCHMARKS: dict[str, str] = {
-    "rpc": "request round trip (ours vs raw aio-pika) and dl-agent get as a process",
+    "rpc": "request round trip (ours vs raw aio-pika, small and dripline-shaped); dl-agent, "
+    "dragonfly and dl-mon start-up as processes",
     "ingest": "logger ingest: not-sc_db vs a naive one-INSERT-per-alert logger",
     "runs": "start_timed_run reply and end-of-run snapshot over 1 h of 100 endpoints",
     "memory": "VmRSS of every service process after start and after its load",

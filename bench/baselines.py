@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import uuid
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
@@ -40,9 +41,17 @@ async def echo_server(url: str, prefetch: int = 32) -> None:
     exchange = channel.default_exchange
 
     async def on_message(message: AbstractIncomingMessage) -> None:
+        headers = None
+        if message.headers:
+            # dripline-shaped (rpc benchmark): answer with a reply's headers, as any raw server
+            # speaking the protocol must (decoded and re-encoded, nested sender_info included)
+            headers = {**message.headers, "message_type": 2, "return_code": 0}
+            headers["return_message"] = ""
         reply = aio_pika.Message(
             body=message.body,
+            headers=headers,
             correlation_id=message.correlation_id,
+            message_id=message.message_id,
             content_type="application/json",
         )
         await exchange.publish(reply, routing_key=message.reply_to or "")
@@ -75,14 +84,27 @@ class RawRpcClient:
         if future is not None and not future.done():
             future.set_result(message.body)
 
-    async def call(self, body: bytes, timeout_s: float = 10.0) -> bytes:
+    async def call(
+        self, body: bytes, timeout_s: float = 10.0, headers: dict[str, Any] | None = None
+    ) -> bytes:
+        """One request/reply; with ``headers`` (a dripline request's, as :func:`shaped_headers`
+        makes them) the message has dripline's shape: a fresh timestamp and a chunk message id."""
         cid = str(uuid.uuid4())
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[cid] = future
+        message_id = None
+        if headers is not None:
+            import datetime as dt
+
+            stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            headers = {**headers, "timestamp": stamp}
+            message_id = f"{uuid.uuid4()}/0/1"
         await self.channel.default_exchange.publish(
             aio_pika.Message(
                 body=body,
+                headers=headers,
                 correlation_id=cid,
+                message_id=message_id,
                 reply_to=self.reply_queue.name,
                 content_type="application/json",
             ),
@@ -95,6 +117,15 @@ class RawRpcClient:
 
     async def close(self) -> None:
         await self.connection.close()
+
+
+def shaped_headers(target: str = "peaches") -> dict[str, Any]:
+    """The headers of a dripline ``get`` exactly as our codec writes them (``'i'`` integers,
+    the nested ``sender_info`` table): the raw client then sends dripline's bytes."""
+    from insectarium.dripline.constants import MsgOp
+    from insectarium.dripline.message import Message, headers_of
+
+    return headers_of(Message.request(target, MsgOp.GET, {}, sender="bench"))
 
 
 # --------------------------------------------------------------------------- naive logger

@@ -257,6 +257,9 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
     procs = start_lab(env, strict=True)
     try:
         asyncio.run(measure_runs(env, reps, hour, t, "run"))
+        # the resident size the services settle at after the load (they hand freed memory back
+        # a moment after a large job, dripline/memory.py), not a reading taken mid-reply
+        time.sleep(1.0)
         for p in procs:
             p.phase = f"{reps + 1} runs"
             p.rss()

@@ -8,7 +8,6 @@ alert <routing_key> [values…] [key=value…]``; the exit status is the reply's
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -145,10 +144,15 @@ def save_payload(path: str, payload: Any) -> None:
         p.write_text(json.dumps(payload, indent=4, default=str) + "\n", encoding="utf-8")
 
 
-async def run(args: argparse.Namespace) -> int:
-    from ..dripline import Authentication, ConfigError, Interface, Message, MsgOp
-    from ..dripline.config import load_file, load_mesh
-    from ..dripline.connection import BrokerUnavailable, Connection, PublishRefused
+def run(args: argparse.Namespace) -> int:
+    """Build the message, send it over a one-shot connection (no asyncio, no aio-pika, no
+    pydantic unless a mesh needs the full validator), print the answer; the exit status."""
+    from ..dripline.config_files import Authentication, ConfigError, load_file
+    from ..dripline.constants import MsgOp
+    from ..dripline.errors import BrokerUnavailable, PublishRefused
+    from ..dripline.message import Message
+    from ..dripline.oneshot import OneShotClient
+    from ..dripline.quick_mesh import load_mesh_quick
 
     file_cfg: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -181,7 +185,9 @@ async def run(args: argparse.Namespace) -> int:
         print("dl-agent: 'set' needs a value (return code 401: Invalid Request)", file=sys.stderr)
         return 4
 
-    mesh = load_mesh(file_cfg.get("dripline_mesh"), mesh_overrides(args), source=args.config or "")
+    mesh = load_mesh_quick(
+        file_cfg.get("dripline_mesh"), mesh_overrides(args), source=args.config or ""
+    )
     auth = Authentication.load(
         getattr(args, "auth_file", None) or file_cfg.get("auth_file"),
         username=getattr(args, "username", None),
@@ -212,21 +218,18 @@ async def run(args: argparse.Namespace) -> int:
         print(json.dumps(msg.to_dict(), indent=4, default=str))
         return 0
 
+    name = "dl-agent" if op in ("alert", "reply") else "unknown client"
     try:
-        if op in ("alert", "reply"):
-            conn = Connection(mesh, auth.dripline, name="dl-agent")
-            await conn.connect(timeout_s=timeout or None)
-            try:
-                # confirmed, so that a routing key this user may not use is an error here
-                await conn.publish(msg, confirm=True)
-            except PublishRefused as exc:
-                print(f"dl-agent: {op} not sent: {exc}", file=sys.stderr)
-                return 4  # 403 client_error_unable_to_send // 100
-            finally:
-                await conn.close()
-            return 0
-        async with Interface(dripline_mesh=mesh, authentication=auth, timeout_s=timeout) as iface:
-            reply = (await iface.send_request(msg, timeout_s=timeout))[0]
+        with OneShotClient(mesh, auth.dripline, name=name, timeout_s=timeout) as client:
+            if op in ("alert", "reply"):
+                try:
+                    # confirmed, so that a routing key this user may not use is an error here
+                    client.publish(msg)
+                except PublishRefused as exc:
+                    print(f"dl-agent: {op} not sent: {exc}", file=sys.stderr)
+                    return 4  # 403 client_error_unable_to_send // 100
+                return 0
+            reply = client.send_request(msg, timeout_s=timeout)[0]
     except BrokerUnavailable as exc:
         print(f"dl-agent: {exc}", file=sys.stderr)
         return 1  # 101 amqp_error_broker_connection // 100
@@ -247,10 +250,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parse_allowing_trailing_values(parser, argv, "arguments")
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
-    from ..dripline.config import ConfigError
+    from ..dripline.config_files import ConfigError
 
     try:
-        status = asyncio.run(run(args))
+        status = run(args)
     except KeyboardInterrupt:
         return 0
     except ConfigError as exc:

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import asyncio
 import json
 import sys
 import uuid
@@ -161,29 +160,34 @@ def pretty(payload: Any) -> str:
 
 
 class Printer:
-    """Plain lines when piped; red error lines through rich on a terminal (as plain text: no
-    markup, no emoji codes)."""
+    """Plain lines; on a terminal, error lines in red through rich (as plain text: no markup,
+    no emoji codes).  rich is loaded only when there is an error line for a terminal: a plain
+    line looks the same either way, and rich's import would double a quick call's run time."""
 
     def __init__(self) -> None:
-        self.console = None
-        if sys.stdout.isatty():
-            from rich.console import Console
-
-            self.console = Console(highlight=False, emoji=False, soft_wrap=True)
+        self.console: Any = None
+        self.tty = sys.stdout.isatty()
 
     def line(self, text: str, error: bool = False) -> None:
         text = printable(text)
-        if self.console is None:
+        if not (error and self.tty):
             print(text, flush=True)
             return
+        if self.console is None:
+            from rich.console import Console
+
+            self.console = Console(highlight=False, emoji=False, soft_wrap=True)
         from rich.text import Text
 
-        self.console.print(Text(text, style="red" if error else ""))
+        self.console.print(Text(text, style="red"))
 
 
-async def run(args: argparse.Namespace) -> int:
-    from ..dripline import Authentication, ConfigError, Interface, Message, MsgOp
-    from ..dripline.config import load_file, load_mesh
+def run(args: argparse.Namespace) -> int:
+    from ..dripline.config_files import Authentication, ConfigError, load_file
+    from ..dripline.constants import MsgOp
+    from ..dripline.message import Message
+    from ..dripline.oneshot import OneShotClient
+    from ..dripline.quick_mesh import load_mesh_quick
 
     file_cfg: dict[str, Any] = {}
     if getattr(args, "config", None):
@@ -210,7 +214,9 @@ async def run(args: argparse.Namespace) -> int:
             print(f"dragonfly: invalid lockout key {lockout_key!r}", file=sys.stderr)
             return 1
 
-    mesh = load_mesh(file_cfg.get("dripline_mesh"), mesh_overrides(args), source=args.config or "")
+    mesh = load_mesh_quick(
+        file_cfg.get("dripline_mesh"), mesh_overrides(args), source=args.config or ""
+    )
     auth = Authentication.load(
         getattr(args, "auth_file", None) or file_cfg.get("auth_file"),
         username=getattr(args, "username", None),
@@ -225,10 +231,8 @@ async def run(args: argparse.Namespace) -> int:
         lockout_key=lockout_key,
         sender="dragonfly",
     )
-    async with Interface(
-        dripline_mesh=mesh, authentication=auth, timeout_s=timeout, name="dragonfly"
-    ) as iface:
-        replies = await iface.send_request(msg, timeout_s=timeout, collect=broadcast)
+    with OneShotClient(mesh, auth.dripline, name="dragonfly client", timeout_s=timeout) as client:
+        replies = client.send_request(msg, timeout_s=timeout, collect=broadcast)
 
     printer = Printer()
     show_message = getattr(args, "verbose", 0) > 0
@@ -273,11 +277,11 @@ def main(argv: list[str] | None = None) -> int:
         return delegated
     args = parse(argv)
     setup_logging(getattr(args, "verbose", 0), getattr(args, "quiet", 0))
-    from ..dripline.config import ConfigError
-    from ..dripline.connection import BrokerUnavailable
+    from ..dripline.config_files import ConfigError
+    from ..dripline.errors import BrokerUnavailable
 
     try:
-        return asyncio.run(run(args))
+        return run(args)
     except KeyboardInterrupt:
         return 0
     except BrokerUnavailable as exc:

@@ -96,13 +96,13 @@ async def monitor(args: argparse.Namespace) -> int:
     import aiormq
     from rich.console import Console
 
-    from ..dripline import Authentication
     from ..dripline.chunking import Delivery, Reassembler
-    from ..dripline.config import load_mesh
+    from ..dripline.config_files import Authentication
     from ..dripline.connection import Connection
+    from ..dripline.quick_mesh import load_mesh_quick
 
     console = Console(highlight=False, emoji=False)
-    mesh = load_mesh(mesh_overrides(args))
+    mesh = load_mesh_quick(mesh_overrides(args))
     auth = Authentication.load(
         args.auth_file,
         username=args.username,
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 4
-    from ..dripline.config import ConfigError
-    from ..dripline.connection import BrokerUnavailable
+    from ..dripline.config_files import ConfigError
+    from ..dripline.errors import BrokerUnavailable
 
     try:
         return asyncio.run(monitor(args))

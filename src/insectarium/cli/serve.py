@@ -129,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         log.debug("config: %s", mask(config))
         return 0
+    from ..dripline.memory import limit_arenas
+
+    limit_arenas()  # before any thread: see dripline/memory.py for what was measured
     try:
         return asyncio.run(serve(service))
     except (BrokerUnavailable, ServiceAlreadyRunning) as exc:

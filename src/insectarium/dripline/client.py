@@ -24,8 +24,8 @@ from .chunking import Delivery, Reassembler
 from .config import Authentication, MeshConfig, load_mesh
 from .connection import Connection, UnroutableError
 from .constants import MsgOp
-from .message import Message
-from .return_codes import ThrowReply, lookup
+from .message import Message, local_reply
+from .return_codes import ThrowReply
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -37,13 +37,6 @@ class ReplyError(ThrowReply):
     def __init__(self, reply: Message) -> None:
         self.reply = reply
         super().__init__(reply.return_code, reply.return_message, reply.payload)
-
-
-def local_reply(request: Message, code: int, message: str) -> Message:
-    """A reply made on the client side (403 unroutable, 404 timeout), as dl-agent does."""
-    reply = request.make_reply(code, message or lookup(code).description, None)
-    reply.routing_key = request.reply_to
-    return reply
 
 
 class Interface:

@@ -32,17 +32,32 @@ import logging
 import os
 import ssl
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
-from .config import Credentials, MeshConfig, tls_context
+from .config_files import Credentials, tls_context
+from .errors import BrokerUnavailable, NotConnected, PublishRefused, UnroutableError
 from .limits import REPORT_INTERVAL_S
-from .message import Message, encode
+from .message import Message, amqp_chunks, multi_chunk_warning
+
+if TYPE_CHECKING:  # a QuickMesh does as well (dl-mon reads its mesh without pydantic)
+    from .config import MeshConfig
+    from .quick_mesh import QuickMesh
 
 log = logging.getLogger(__name__)
+
+__all__ = [
+    "BROKER_ERRORS",
+    "BrokerUnavailable",
+    "Connection",
+    "NotConnected",
+    "PublishRefused",
+    "UnroutableError",
+    "describe_error",
+]
 
 _multi_chunk_warned = False  # the interop warning is said once per process
 
@@ -110,22 +125,6 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-class UnroutableError(Exception):
-    """The broker returned a mandatory message: nothing is bound to its routing key."""
-
-
-class NotConnected(ConnectionError):
-    """The broker connection is down for now; the robust connection is re-establishing it."""
-
-
-class BrokerUnavailable(ConnectionError):
-    """Could not reach the broker within the attempts or the time allowed (one-line message)."""
-
-
-class PublishRefused(PermissionError):
-    """The broker refused a publish (ACCESS_REFUSED): this user may not use that routing key."""
-
-
 def _cert_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
     """The certificate check failure behind a connection error (aiormq wraps it), if any."""
     seen: BaseException | None = exc
@@ -139,7 +138,7 @@ def _cert_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError
 class Connection:
     def __init__(
         self,
-        mesh: MeshConfig,
+        mesh: MeshConfig | QuickMesh,
         credentials: Credentials,
         *,
         name: str = "dripline",
@@ -334,16 +333,29 @@ class Connection:
 
     # ----------------------------------------------------------------- publishing
     async def _publish_chunk(
-        self, exchange: AbstractExchange, message: aio_pika.Message, key: str, mandatory: bool
+        self, exchange: AbstractExchange, body: bytes, properties: Any, key: str, mandatory: bool
     ) -> None:
         """Publish, waiting (briefly) for a channel the broker just closed to be reopened.
 
         A refused publish closes its channel; aio-pika reopens it by itself, and the next
         message must not fail in between just because the reopening is still under way.
+        The chunk goes to the (robust) channel's current aiormq channel, as
+        ``Exchange.publish`` does, but with the properties our codec made (no
+        ``aio_pika.Message`` per message).
         """
         for attempt in range(1, 6):
             try:
-                await exchange.publish(message, routing_key=key, mandatory=mandatory)
+                channel = exchange.channel
+                if channel.is_closed:
+                    raise aiormq.exceptions.ChannelInvalidStateError(f"{channel!r} closed")
+                underlay = await channel.get_underlay_channel()
+                await underlay.basic_publish(
+                    body,
+                    exchange=exchange.name,
+                    routing_key=key,
+                    properties=properties,
+                    mandatory=mandatory,
+                )
                 return
             except aiormq.exceptions.ChannelInvalidStateError:
                 channel = exchange.channel
@@ -376,12 +388,12 @@ class Connection:
             exchange = self.exchange_for(msg)
         if exchange is None:
             raise RuntimeError("connection is not open")
-        chunks = encode(msg, self.mesh.max_payload_size)
+        chunks = amqp_chunks(msg, self.mesh.max_payload_size)
         if len(chunks) > 1 and not msg.is_reply:
             _warn_multi_chunk(msg, len(chunks), self.mesh.max_payload_size)
-        for amqp_message in chunks:
+        for body, properties in chunks:
             try:
-                await self._publish_chunk(exchange, amqp_message, msg.routing_key, mandatory)
+                await self._publish_chunk(exchange, body, properties, msg.routing_key, mandatory)
             except aio_pika.exceptions.DeliveryError as exc:
                 frame = getattr(exc, "frame", None)
                 why = getattr(frame, "reply_text", None) or "NO_ROUTE"
@@ -408,13 +420,4 @@ def _warn_multi_chunk(msg: Message, chunks: int, max_payload_size: int) -> None:
     if _multi_chunk_warned:
         return
     _multi_chunk_warned = True
-    kind = "alert" if msg.is_alert else "request"
-    log.warning(
-        "%s %s goes out in %d chunks (payload above %d bytes); dripline-cpp 2.10 receivers can "
-        "crash on multi-chunk messages: its dl-mon on requests and alerts, dripline-python 5 "
-        "services on some requests (said once per process)",
-        kind,
-        msg.routing_key,
-        chunks,
-        max_payload_size,
-    )
+    log.warning(multi_chunk_warning(msg, chunks, max_payload_size))

@@ -191,6 +191,9 @@ class Service(Endpoint):
                     child.start_logging()
         if self.heartbeat_interval_s > 0:
             self.spawn(self._heartbeat_loop(), name="heartbeat")
+        from .memory import release_free_memory
+
+        release_free_memory()  # import and set-up garbage: not this service's working set
         log.info(
             "service %s started with endpoints %s", self.name, ", ".join(self.sync_children) or "-"
         )

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..dripline import Endpoint, Reply, ReplyError, Service, ThrowReply
 from ..dripline.limits import MAX_INTERVAL_S, MAX_NAME_LENGTH
+from ..dripline.memory import release_soon
 from ..dripline.message import format_timestamp, now_timestamp, parse_timestamp
 
 if TYPE_CHECKING:
@@ -472,6 +473,7 @@ class GenericDAQProvider(Endpoint):
                 problems.append(as_reply_error(exc, "run table not updated"))
             if snapshot:
                 await self._write_report(run.run_id, run.run_name, run.start_timestamp, end)
+                release_soon()  # the report was rendered in a worker thread: hand it back
             if current:
                 self._clear()
         outcome = {

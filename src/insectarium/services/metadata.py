@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..dripline import Endpoint, ThrowReply
+from ..dripline.memory import release_soon
 from .daq import data_directory_of
 
 
@@ -72,6 +73,7 @@ class MDReceiver(Endpoint):
                 "resource_error", f"cannot write {path}: {exc.strerror or exc}"
             ) from None
         self.log.info("wrote %s", path)
+        release_soon()  # a snapshot's worth of JSON is dropped with this request
         return str(path)
 
 

@@ -32,6 +32,14 @@ from ..dripline.config import Credentials
 
 log = logging.getLogger(__name__)
 
+#: the lab schema's value tables by kind (the logger writes them, the snapshot reads them); here
+#: rather than in the logger so that the other DB services need not import the logger's stack
+DEFAULT_DATA_TABLES = {
+    "numeric": "endpoint_numeric_data",
+    "string": "endpoint_string_data",
+    "json": "endpoint_json_data",
+}
+
 #: errors that mean "the connection (or the server) is gone", as opposed to a bad statement
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     psycopg.OperationalError,

@@ -49,15 +49,16 @@ from ..dripline.constants import CONTENT_ENCODING
 from ..dripline.limits import MAX_TRACKED_NAMES
 from ..dripline.message import parse_timestamp
 from ..dripline.throttle import LogThrottle
-from .postgres import CONNECTION_ERRORS, PostgreSQLService, identifier, qualified
+from .postgres import (
+    CONNECTION_ERRORS,
+    DEFAULT_DATA_TABLES,
+    PostgreSQLService,
+    identifier,
+    qualified,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_DATA_TABLES = {
-    "numeric": "endpoint_numeric_data",
-    "string": "endpoint_string_data",
-    "json": "endpoint_json_data",
-}
 SEED_HINT = "files/sql/seed/50_lab_endpoints.sql or postgresql_endpoints"
 
 # one row as written: endpoint_id, timestamp (naive UTC), value_raw, value_cal

@@ -31,9 +31,15 @@ from typing import Any, Literal
 from psycopg import sql
 
 from ..dripline import Endpoint, ThrowReply
+from ..dripline.memory import release_soon
 from ..dripline.message import parse_timestamp
-from .postgres import PostgreSQLService, database_error, identifier, qualified
-from .sensor_logger import DEFAULT_DATA_TABLES
+from .postgres import (
+    DEFAULT_DATA_TABLES,
+    PostgreSQLService,
+    database_error,
+    identifier,
+    qualified,
+)
 
 log = logging.getLogger(__name__)
 
@@ -265,4 +271,5 @@ class SQLSnapshot(Endpoint):
             metadata_target,
             filename,
         )
+        release_soon()  # the snapshot's rows are dropped with this request
         return {**summary, "metadata_target": metadata_target, "filename": filename}
