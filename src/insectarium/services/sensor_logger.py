@@ -228,6 +228,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self.dropped_unknown: Counter[str] = Counter()  # at most MAX_TRACKED_NAMES names
         self.dropped_unknown_other = 0  # values of names beyond those
         self.dropped_malformed = 0
+        #: deliveries the broker had given out before (to a process that went away unacknowledged)
+        self.redelivered = 0
         self._warned: set[str] = set()
         self._malformed_seen: Counter[str] = Counter()
         self._untracked = LogThrottle(log)
@@ -295,6 +297,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 acks = self._acks_for(incoming)
                 tag = incoming.delivery_tag
                 acks.inflight.add(tag)
+                if incoming.redelivered:
+                    self.redelivered += 1
                 try:
                     fast = self._lean_fields(incoming)
                 except Exception:  # never let one message stop the loop that feeds all
@@ -527,6 +531,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         acks = self._acks_for(incoming)
         tag = incoming.delivery_tag or 0
         acks.inflight.add(tag)
+        if incoming.redelivered:
+            self.redelivered += 1
         fast = self._lean_fields(incoming)
         if fast is None:
             await self._settle_other(acks, tag, incoming)
@@ -793,6 +799,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             "dropped_unknown": dict(self.dropped_unknown),
             "dropped_unknown_other": self.dropped_unknown_other,
             "dropped_malformed": self.dropped_malformed,
+            "redelivered": self.redelivered,
             "pending": (batch.size if batch else 0),
             "mapped_endpoints": len(self.endpoint_map),
         }
