@@ -5,7 +5,8 @@ aio-pika spends ~90 us of CPU per delivery here (it turns every frame into a ful
 alert for ~30 us.  For a service whose whole job is to swallow alerts (the sensor logger) that is
 the difference between a fraction of a core and the broker's own rate (issue 14).  So the feed
 receives on a :class:`pika.BlockingConnection` in a daemon thread and hands the deliveries to the
-service's event loop in slices (one ``call_soon_threadsafe`` per socket read, not per message);
+service's event loop through a queue: the loop is woken (``call_soon_threadsafe``, a write to its
+self-pipe) only when it has taken everything handed over before, not per message or per read;
 everything else — decoding, storing, deciding when to acknowledge — stays on the loop.
 
 Acknowledgements go back through :meth:`AlertFeed.ack`, which the pika thread performs
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -34,8 +36,8 @@ from .config import Credentials, MeshConfig, tls_context
 
 log = logging.getLogger(__name__)
 
-#: deliveries handed to the loop at once at most (one socket read is usually far fewer)
-SLICE = 1000
+#: deliveries handed to the loop at once at most
+SLICE = 2000
 
 
 class FeedGone(Exception):
@@ -153,6 +155,9 @@ class AlertFeed:
         self._generation: Generation | None = None
         self._count = 0
         self._lost = False
+        # deliveries received, not yet taken by the loop; whether a wake-up is on its way
+        self._received: deque[FeedDelivery] = deque()
+        self._wakeup_pending = False
         #: set once the first connection consumes (or failed for good: see ``error``)
         self.consuming = threading.Event()
         self.error: BaseException | None = None
@@ -198,6 +203,14 @@ class AlertFeed:
         except Exception as exc:
             raise FeedGone(f"{self.name}: {exc}") from None
 
+    def _hand_over(self) -> None:
+        """On the loop: take what the thread received so far (in order), in slices."""
+        self._wakeup_pending = False  # before taking: what arrives from now on wakes us again
+        received = self._received
+        while received:
+            take = min(len(received), SLICE)
+            self.deliver([received.popleft() for _ in range(take)])
+
     # ----------------------------------------------------------------- the thread
     def _run(self) -> None:
         delay = 0.5
@@ -236,17 +249,10 @@ class AlertFeed:
                 self.declare(channel)
             self._count += 1
             generation = Generation(self._count, connection, channel)
-            pending: list[FeedDelivery] = []
+            received = self._received
 
             def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
-                pending.append(FeedDelivery(self, generation, method, properties, body))
-                if len(pending) >= SLICE:
-                    hand_over()
-
-            def hand_over() -> None:
-                nonlocal pending
-                self.loop.call_soon_threadsafe(self.deliver, pending)
-                pending = []
+                received.append(FeedDelivery(self, generation, method, properties, body))
 
             channel.basic_consume(self.queue, on_message)
             self._generation = generation
@@ -256,8 +262,15 @@ class AlertFeed:
             self.consuming.set()
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=0.2)
-                if pending:
-                    hand_over()
+                # while deliveries keep coming, read on before waking the loop (pika reads
+                # 4 kB, about ten alerts, at a time): one wake-up per slice, not per read
+                before = -1
+                while before < len(received) < SLICE // 4:
+                    before = len(received)
+                    connection.process_data_events(time_limit=0)
+                if received and not self._wakeup_pending:
+                    self._wakeup_pending = True
+                    self.loop.call_soon_threadsafe(self._hand_over)
         finally:
             self._generation = None
             if connection.is_open:

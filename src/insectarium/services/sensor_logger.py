@@ -306,8 +306,22 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                     continue
                 if fast is None:
                     self.spawn(self._settle_other(acks, tag, incoming), name="alert")
-                else:
+                    continue
+                # the common case, a mapped endpoint, without a coroutine per value
+                name = self._endpoint_name(incoming.routing_key)
+                entry = self.endpoint_map.get(name) if name else None
+                if entry is None:
                     await self._settle_lean(acks, tag, incoming, fast)
+                    continue
+                try:
+                    batch = self._buffer(name, entry, *fast)
+                except Exception:
+                    await self._drop(acks, tag, incoming)
+                    continue
+                if batch is None:
+                    self._finished(acks, tag, incoming)
+                else:
+                    batch.deliveries.append((acks, tag, incoming))
 
     async def stop(self) -> None:
         """Write what is buffered before going (what cannot be written is redelivered later)."""
@@ -456,6 +470,12 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             self._malformed(routing_key, "routing key does not name an endpoint")
             return None
         entry = self.endpoint_map.get(name) or await self._lookup(name)
+        return self._buffer(name, entry, payload, timestamp_text)
+
+    def _buffer(
+        self, name: str, entry: tuple[int, str] | None, payload: Any, timestamp_text: str
+    ) -> Batch | None:
+        """:meth:`_enqueue` once the name is looked up (never suspends)."""
         if entry is None:
             self._unknown(
                 name,
@@ -472,7 +492,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 ", ".join(self.data_tables),
             )
             return None
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             self._malformed(name, f"payload is not an object: {payload!r:.80}")
             return None
         try:
