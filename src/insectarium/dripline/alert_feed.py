@@ -56,15 +56,24 @@ class Generation:
 
 
 class FeedDelivery:
-    """One delivery, shaped like the parts of aio-pika's ``IncomingMessage`` the services read."""
+    """One delivery, shaped like the parts of aio-pika's ``IncomingMessage`` the services read.
+
+    Only what is read is kept (not pika's frame objects): up to a prefetch count of these wait
+    in memory.  A consumer done with the content may :meth:`release` it and keep the delivery
+    for its acknowledgement only.
+    """
 
     __slots__ = (
         "body",
         "channel",
+        "content_encoding",
+        "correlation_id",
         "delivery_tag",
         "feed",
-        "properties",
+        "headers",
+        "message_id",
         "redelivered",
+        "reply_to",
         "routing_key",
     )
 
@@ -76,28 +85,17 @@ class FeedDelivery:
         self.delivery_tag: int = method.delivery_tag
         self.routing_key: str = method.routing_key
         self.redelivered: bool = method.redelivered
-        self.properties = properties
+        self.headers: dict[str, Any] = properties.headers or {}
+        self.content_encoding: str | None = properties.content_encoding
+        self.message_id: str | None = properties.message_id
+        self.correlation_id: str | None = properties.correlation_id
+        self.reply_to: str | None = properties.reply_to
         self.body = body
 
-    @property
-    def headers(self) -> dict[str, Any]:
-        return self.properties.headers or {}
-
-    @property
-    def content_encoding(self) -> str | None:
-        return self.properties.content_encoding
-
-    @property
-    def message_id(self) -> str | None:
-        return self.properties.message_id
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.properties.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.properties.reply_to
+    def release(self) -> None:
+        """Drop the body and headers (the delivery is then only good for its acknowledgement)."""
+        self.body = b""
+        self.headers = {}
 
     async def ack(self, multiple: bool = False) -> None:
         self.feed.settle(self.channel, "ack", self.delivery_tag, multiple=multiple)

@@ -318,6 +318,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 except Exception:
                     await self._drop(acks, tag, incoming)
                     continue
+                incoming.release()  # waits for the commit: keep no more than the tag
                 if batch is None:
                     self._finished(acks, tag, incoming)
                 else:
