@@ -378,6 +378,7 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
     finally:
         queue_op(env, "delete", NAIVE_QUEUE)
     raw = raw_rounds(env, report, sz.ours, sz.repeat)
+    trigger_cost(env, report, ids, sz.ours, sz.repeat)
     try:
         ours(0)
     except NotRunnable as exc:
@@ -428,6 +429,61 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
                 note="each round of ours / median naive",
             )
         )
+
+
+def trigger_cost(env: Environment, report: Report, ids: list[int], n: int, repeat: int) -> None:
+    """Server-side cost of the logger's COPY batches with the numeric rollup trigger (007) on
+    and off: the rows of ``n`` alerts as the logger writes them (2 000 per transaction over the
+    200 endpoints), sent as ready-made COPY text so that the client costs nothing."""
+    assert env.dsn is not None
+    base = dt.datetime(2024, 1, 1)
+    batches = []
+    for lo in range(0, n, 2000):
+        lines = [
+            f"{ids[i % len(ids)]}\t{base + dt.timedelta(microseconds=i)}\t{i}\t{2 * i}\n"
+            for i in range(lo, min(n, lo + 2000))
+        ]
+        batches.append("".join(lines).encode())
+    copy_sql = (
+        'COPY endpoint_numeric_data (endpoint_id, "timestamp", value_raw, value_cal) FROM STDIN'
+    )
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        try:
+            for _ in range(repeat):
+                for mode in ("on", "off"):
+                    action = "ENABLE" if mode == "on" else "DISABLE"
+                    conn.execute(
+                        f"ALTER TABLE endpoint_numeric_data {action} TRIGGER "
+                        "endpoint_numeric_data_rollup"
+                    )
+                    t0 = time.perf_counter()
+                    for data in batches:
+                        with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                            copy.write(data)
+                    rates[mode].append(n / (time.perf_counter() - t0))
+                    check_and_clear(env.dsn, ids, 0)
+        finally:
+            conn.execute(
+                "ALTER TABLE endpoint_numeric_data ENABLE TRIGGER endpoint_numeric_data_rollup"
+            )
+            conn.execute(
+                "DELETE FROM endpoint_numeric_rollup_1m WHERE bucket < '2025-01-01'; "
+                "DELETE FROM endpoint_numeric_rollup_1h WHERE bucket < '2025-01-01'"
+            )
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    report.add(
+        Row(
+            "logger ingest",
+            "COPY only, rollup trigger on",
+            "values/s",
+            rates["on"],
+            note=f"server side of ours: {n} rows in 2 000-row transactions, ready-made COPY "
+            f"text; trigger off: {off:,.0f}/s, so the trigger costs "
+            f"{(1 / on - 1 / off) * 1e6:.1f} us per value",
+            digits=0,
+        )
+    )
 
 
 @dataclass
