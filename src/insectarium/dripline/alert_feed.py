@@ -120,7 +120,7 @@ def connection_parameters(
         heartbeat=60,
         blocked_connection_timeout=300,
         connection_attempts=1,
-        socket_timeout=10,
+        socket_timeout=5,
         client_properties={"connection_name": name},
     )
 
@@ -138,7 +138,7 @@ class AlertFeed:
         loop: asyncio.AbstractEventLoop,
         declare: Callable[[Any], None] | None = None,
         name: str = "alert feed",
-        retry_max_delay_s: float = 10.0,
+        retry_max_delay_s: float = 2.0,
     ) -> None:
         self.parameters = parameters
         self.queue = queue
@@ -211,7 +211,7 @@ class AlertFeed:
 
     # ----------------------------------------------------------------- the thread
     def _run(self) -> None:
-        delay = 0.5
+        delay = 0.25
         while not self._stop.is_set():
             try:
                 self._consume()
@@ -226,6 +226,7 @@ class AlertFeed:
                 if not self._lost:
                     log.warning("%s: broker connection lost (%s); reconnecting", self.name, exc)
                     self._lost = True
+                    delay = 0.25
             except Exception as exc:  # a bug: say so, keep trying
                 log.exception("%s: unexpected error; reconnecting", self.name)
                 if not self.consuming.is_set():

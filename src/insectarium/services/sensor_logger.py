@@ -264,7 +264,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             loop=asyncio.get_running_loop(),
             declare=None if durable is not None else self._declare_transient,
             name=f"{self.name} alert feed",
-            retry_max_delay_s=self.retry_max_delay_s,
+            # as often as the service's own connection retries: both come back together
+            retry_max_delay_s=self.connection.reconnect_interval,
         )
         self._feed.start()
         await self._feed.wait_consuming(timeout_s=30.0)
