@@ -4,10 +4,13 @@
   connection, one exclusive reply queue, replies matched by correlation id) — what any AMQP
   request/reply costs on this broker, without dripline's headers, routing and dispatch;
 * a naive sensor logger: one INSERT through the ``numeric_data`` trigger view and one transaction
-  per alert — what the lab would get without batching.
+  per alert — what the lab would get without batching;
+* raw consumers (pika, aiormq, aio-pika): drain a queue of the same alerts with the logger's
+  prefetch and one ``multiple`` ack per :data:`RAW_ACK_EVERY` messages, no database — the cheapest
+  any Python logger could receive them.
 
-Run the servers as processes: ``python -m bench.baselines echo-server`` /
-``python -m bench.baselines naive-logger``; they read ``BENCH_AMQP_URL`` / ``BENCH_PG_DSN`` from
+Run the servers as processes: ``python -m bench.baselines echo-server`` (or ``naive-logger``,
+``raw-pika`` …); they read ``BENCH_AMQP_URL`` / ``BENCH_PG_DSN`` from
 the environment (never a password on a command line) and print a ready line once consuming.
 """
 
@@ -29,6 +32,11 @@ ECHO_QUEUE = "bench_raw_echo"
 ECHO_READY = "raw echo ready"
 NAIVE_QUEUE = "bench_naive_alerts"
 NAIVE_READY = "naive logger ready"
+RAW_CONSUMERS = ("pika", "aiormq", "aio-pika")
+RAW_READY = "raw consumer ready"
+RAW_ACK_EVERY = 2000
+#: the logger's alert_prefetch_count (files/configs/slow_control_table.yaml)
+RAW_PREFETCH = 10000
 
 
 # --------------------------------------------------------------------------- raw RPC
@@ -175,6 +183,96 @@ async def naive_logger(url: str, dsn: str, alerts_exchange: str = "alerts") -> N
     await db.close()
 
 
+# --------------------------------------------------------------------------- raw consumers
+class _Clock:
+    """Wall and CPU time from the first delivery to the ``expect``-th (then a JSON line)."""
+
+    def __init__(self, expect: int) -> None:
+        self.expect = expect
+        self.n = 0
+        self.t0 = self.c0 = 0.0
+
+    def tick(self) -> bool:
+        """Count one delivery; ``True`` once ``expect`` have arrived."""
+        import time
+
+        if self.n == 0:
+            self.t0, self.c0 = time.perf_counter(), time.process_time()
+        self.n += 1
+        if self.n < self.expect:
+            return False
+        import json
+
+        seconds = time.perf_counter() - self.t0
+        cpu = time.process_time() - self.c0
+        print(json.dumps({"n": self.n, "seconds": seconds, "cpu_s": cpu}), flush=True)
+        return True
+
+
+def raw_pika(url: str, queue: str, expect: int) -> None:
+    import pika
+
+    clock = _Clock(expect)
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    channel = connection.channel()
+    channel.basic_qos(prefetch_count=RAW_PREFETCH)
+
+    def on_message(ch: Any, method: Any, _props: Any, _body: bytes) -> None:
+        done = clock.tick()
+        if done or clock.n % RAW_ACK_EVERY == 0:
+            ch.basic_ack(method.delivery_tag, multiple=True)
+        if done:
+            ch.stop_consuming()
+
+    channel.basic_consume(queue, on_message)
+    print(RAW_READY, flush=True)
+    channel.start_consuming()
+    connection.close()
+
+
+async def raw_aiormq(url: str, queue: str, expect: int) -> None:
+    import aiormq
+
+    clock = _Clock(expect)
+    finished = asyncio.Event()
+    connection = await aiormq.connect(url)
+    channel = await connection.channel()
+    await channel.basic_qos(prefetch_count=RAW_PREFETCH)
+
+    async def on_message(message: Any) -> None:
+        done = clock.tick()
+        if done or clock.n % RAW_ACK_EVERY == 0:
+            await channel.basic_ack(message.delivery.delivery_tag, multiple=True)
+        if done:
+            finished.set()
+
+    await channel.basic_consume(queue, on_message)
+    print(RAW_READY, flush=True)
+    await finished.wait()
+    await connection.close()
+
+
+async def raw_aio_pika(url: str, queue: str, expect: int) -> None:
+    clock = _Clock(expect)
+    finished = asyncio.Event()
+    connection = await aio_pika.connect(url)
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=RAW_PREFETCH)
+    declared = await channel.declare_queue(queue, passive=True)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        done = clock.tick()
+        if done or clock.n % RAW_ACK_EVERY == 0:
+            await message.ack(multiple=True)
+        if done:
+            finished.set()
+
+    await declared.consume(on_message)
+    print(RAW_READY, flush=True)
+    await finished.wait()
+    await connection.close()
+
+
 # --------------------------------------------------------------------------- CLI
 async def _wait_for_signal() -> None:
     stop = asyncio.Event()
@@ -186,10 +284,20 @@ async def _wait_for_signal() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.baselines")
-    parser.add_argument("what", choices=["echo-server", "naive-logger"])
+    parser.add_argument(
+        "what", choices=["echo-server", "naive-logger", *(f"raw-{c}" for c in RAW_CONSUMERS)]
+    )
+    parser.add_argument("--queue", help="raw consumers: the queue to drain")
+    parser.add_argument("--expect", type=int, default=0, help="raw consumers: messages to drain")
     args = parser.parse_args(argv)
     url = os.environ["BENCH_AMQP_URL"]
-    if args.what == "echo-server":
+    if args.what == "raw-pika":
+        raw_pika(url, args.queue, args.expect)
+    elif args.what == "raw-aiormq":
+        asyncio.run(raw_aiormq(url, args.queue, args.expect))
+    elif args.what == "raw-aio-pika":
+        asyncio.run(raw_aio_pika(url, args.queue, args.expect))
+    elif args.what == "echo-server":
         asyncio.run(echo_server(url))
     else:
         asyncio.run(naive_logger(url, os.environ["BENCH_PG_DSN"]))

@@ -386,7 +386,7 @@ class ServiceProcess:
         return cls(env, name, [*argv, *overrides])
 
     @classmethod
-    def baseline(cls, env: Environment, what: str, ready_marker: str) -> ServiceProcess:
+    def baseline(cls, env: Environment, what: str, ready_marker: str, *args: str) -> ServiceProcess:
         """One of :mod:`bench.baselines`' servers, reaching the same broker and database."""
         assert env.broker is not None and env.dsn is not None
         extra = {
@@ -394,7 +394,7 @@ class ServiceProcess:
             "BENCH_PG_DSN": env.dsn,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
         }
-        argv = [sys.executable, "-m", "bench.baselines", what]
+        argv = [sys.executable, "-m", "bench.baselines", what, *args]
         return cls(env, f"baseline-{what}", argv, ready_marker=ready_marker, extra_env=extra)
 
     def start(self, timeout_s: float = 30.0) -> ServiceProcess:

@@ -11,15 +11,18 @@ slow_control_table.yaml``); the naive baseline is :func:`bench.baselines.naive_l
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
+import json
 import statistics
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import psycopg
 
-from .baselines import NAIVE_QUEUE, NAIVE_READY
+from .baselines import NAIVE_QUEUE, NAIVE_READY, RAW_CONSUMERS, RAW_READY
 from .blast import Blob, marshal_publish, publish_parallel
 from .env import Environment, NotRunnable, ServiceProcess
 from .results import Report, Row, Target, at_least
@@ -28,6 +31,10 @@ N_ENDPOINTS = 200
 PREFIX = "bench_ingest_"
 PUBLISHERS = 4
 ALERTS_EXCHANGE = "alerts"
+#: this run's own queues: nothing an earlier run left behind can be counted (issue 14, item 6)
+RUN_TAG = uuid.uuid4().hex[:8]
+OURS_QUEUE = f"bench_sc_db_alerts_{RUN_TAG}"
+RAW_QUEUE = f"bench_raw_alerts_{RUN_TAG}"
 
 
 @dataclass
@@ -195,32 +202,49 @@ def live_round(
     return Outcome(n, rows, ok, publish_s, 0, total_s)
 
 
+def _cpu(procs: list[ServiceProcess]) -> float | None:
+    """Summed user + system CPU seconds of ``procs`` (``None`` if one cannot be read)."""
+    values = [p.cpu_s() for p in procs]
+    return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
 def backlog_round(
     env: Environment,
-    make: Callable[[], ServiceProcess],
+    make: Callable[[int], ServiceProcess],
     counter: RowCounter,
     ids: list[int],
     n: int,
     base: dt.datetime,
     phase: str,
+    queue: str | None = None,
+    processes: int = 1,
 ) -> Outcome:
-    """Queue ``n`` alerts while the logger is stopped, start it, time the drain."""
+    """Queue ``n`` alerts while the logger is stopped, start ``processes`` of it, time the drain.
+
+    Afterwards ``queue`` is emptied and what was left in it is reported, so that a round that
+    lost values cannot leave them to be counted by the next one.
+    """
     assert env.dsn is not None and env.broker is not None
     blobs = encode_alerts(n, base)
     _, publish_s = publish_parallel(env.broker, blobs)
-    proc = make().launch()
+    procs = [make(i).launch() for i in range(processes)]
     cpu0: list[float | None] = []
     try:
         rows, at_start, drain_s = counter.wait(
-            n, from_first_row=True, on_start=lambda: cpu0.append(proc.cpu_s())
+            n, from_first_row=True, on_start=lambda: cpu0.append(_cpu(procs))
         )
-        cpu1 = proc.cpu_s()
-        proc.phase = phase
-        proc.rss()
+        cpu1 = _cpu(procs)
+        for proc in procs:
+            proc.phase = phase
+            proc.rss()
     finally:
-        proc.stop()
+        for proc in procs:
+            proc.stop()
     if rows < n:
-        print(f"  {proc.name}: {n - rows} of {n} values missing; log: {proc.tail()}")
+        for proc in procs:
+            print(f"  {proc.name}: {n - rows} of {n} values missing; log: {proc.tail()}")
+    if queue is not None and (left := queue_op(env, "purge", queue)):
+        print(f"  {left} alerts were left in {queue} after the round (purged)")
     ok = check_and_clear(env.dsn, ids, n) if rows == n else False
     if rows != n:
         check_and_clear(env.dsn, ids, 0)
@@ -230,24 +254,32 @@ def backlog_round(
 
 def measure(
     env: Environment,
-    make: Callable[[], ServiceProcess],
+    make: Callable[[int], ServiceProcess],
     ids: list[int],
     n: int,
     repeat: int,
     n_live: int,
-) -> tuple[Outcome, list[Outcome]]:
-    """A live round on a started logger (warm-up; also creates its queue), then backlog rounds."""
+    queue: str | None = None,
+    processes: tuple[int, ...] = (1,),
+) -> tuple[Outcome, dict[int, list[Outcome]]]:
+    """A live round on a started logger (warm-up; also creates its queue), then backlog rounds
+    with each number of ``processes`` in turn (alternating, so load swings hit all alike)."""
     assert env.dsn is not None
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     counter = RowCounter(env.dsn, ids)
+    rounds: dict[int, list[Outcome]] = {p: [] for p in processes}
     try:
-        with make():
+        with make(0):
             live = live_round(env, counter, ids, n_live, base - dt.timedelta(days=1))
-        phase = f"draining {n} queued alerts"
-        rounds = [
-            backlog_round(env, make, counter, ids, n, base + dt.timedelta(hours=r), phase)
-            for r in range(repeat)
-        ]
+        if queue is not None and (left := queue_op(env, "purge", queue)):
+            print(f"  {left} alerts were left in {queue} after the live round (purged)")
+        hour = 0
+        for _ in range(repeat):
+            for p in processes:
+                phase = f"draining {n} queued alerts" + (f" ({p} processes)" if p > 1 else "")
+                start = base + dt.timedelta(hours=hour)
+                hour += 1
+                rounds[p].append(backlog_round(env, make, counter, ids, n, start, phase, queue, p))
     finally:
         counter.close()
     return live, rounds
@@ -266,7 +298,11 @@ def loss_note(outcomes: list[Outcome]) -> str:
 
 
 def report_rows(
-    report: Report, who: str, live: Outcome, rounds: list[Outcome], target: Target | None = None
+    report: Report,
+    who: str,
+    live: Outcome | None,
+    rounds: list[Outcome],
+    target: Target | None = None,
 ) -> Row:
     b = "logger ingest"
     n = rounds[0].published
@@ -297,6 +333,8 @@ def report_rows(
             digits=0,
         )
     )
+    if live is None:
+        return row
     report.add(
         Row(
             b,
@@ -319,26 +357,67 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
     if len(ids) != N_ENDPOINTS:
         raise NotRunnable(f"registered {len(ids)} of {N_ENDPOINTS} endpoints")
 
-    def naive() -> ServiceProcess:
+    def naive(_i: int) -> ServiceProcess:
         return ServiceProcess.baseline(env, "naive-logger", NAIVE_READY)
 
-    def ours() -> ServiceProcess:
+    def ours(i: int) -> ServiceProcess:
+        # every process drains the same queue; the second and later ones under their own name
+        # and without the status endpoint, as the role deploys them (sensor_logger_processes)
         return ServiceProcess.dl_serve(
-            env, "not-sc_db", "slow_control_table.yaml", *env.db_overrides()
+            env,
+            f"not-sc_db-{i + 1}" if i else "not-sc_db",
+            "slow_control_table.yaml",
+            *env.db_overrides(),
+            f"alert_queue_name={OURS_QUEUE}",
+            *([f"name=not-sc_db-{i + 1}", "endpoints="] if i else []),
         )
 
     try:
-        live, rounds = measure(env, naive, ids, sz.naive, sz.naive_repeat, sz.naive_live)
-        naive_row = report_rows(report, "naive", live, rounds)
+        live, by_procs = measure(env, naive, ids, sz.naive, sz.naive_repeat, sz.naive_live)
+        naive_row = report_rows(report, "naive", live, by_procs[1])
     finally:
-        delete_queue(env, NAIVE_QUEUE)
+        queue_op(env, "delete", NAIVE_QUEUE)
+    raw = raw_rounds(env, report, sz.ours, sz.repeat)
+    trigger_cost(env, report, ids, sz.ours, sz.repeat)
     try:
-        ours()
+        ours(0)
     except NotRunnable as exc:
         report.not_run("logger ingest (ours)", str(exc))
         return
-    live, rounds = measure(env, ours, ids, sz.ours, sz.repeat, sz.live)
-    row = report_rows(report, "ours (not-sc_db)", live, rounds, at_least(20_000, ">= 20 000/s"))
+    try:
+        live, by_procs = measure(
+            env, ours, ids, sz.ours, sz.repeat, sz.live, OURS_QUEUE, processes=(1, 2)
+        )
+    finally:
+        queue_op(env, "delete", OURS_QUEUE)
+    row = report_rows(
+        report, "ours (not-sc_db)", live, by_procs[1], at_least(20_000, ">= 20 000/s")
+    )
+    two = report_rows(report, "ours, 2 processes", None, by_procs[2])
+    if row.median and two.samples:
+        report.add(
+            Row(
+                "logger ingest",
+                "ours, 2 processes / 1",
+                "x",
+                [r / row.median for r in two.samples],
+                note="each 2-process round / median of 1 process (same queue, same run)",
+                digits=2,
+            )
+        )
+    if raw and row.samples:
+        best, best_rate = max(raw.items(), key=lambda kv: kv[1])
+        report.add(
+            Row(
+                "logger ingest",
+                "ours / best raw consumer",
+                "x",
+                [r / best_rate for r in row.samples],
+                at_least(0.8, ">= 0.8"),
+                note=f"each round of ours (into PostgreSQL) / median of raw {best} (no database)",
+                digits=2,
+            )
+        )
     if naive_row.median and row.samples:
         report.add(
             Row(
@@ -346,26 +425,181 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
                 "ours / naive",
                 "x",
                 [r / naive_row.median for r in row.samples],
-                at_least(10, ">= 10x"),
+                at_least(15, ">= 15x"),
                 note="each round of ours / median naive",
             )
         )
 
 
-def delete_queue(env: Environment, name: str) -> None:
-    """The naive logger's queue outlives it on purpose (backlog rounds); remove it at the end."""
-    import asyncio
+def trigger_cost(env: Environment, report: Report, ids: list[int], n: int, repeat: int) -> None:
+    """Server-side cost of the logger's COPY batches with the numeric rollup trigger (007) on
+    and off: the rows of ``n`` alerts as the logger writes them (2 000 per transaction over the
+    200 endpoints), sent as ready-made COPY text so that the client costs nothing."""
+    assert env.dsn is not None
+    base = dt.datetime(2024, 1, 1)
+    batches = []
+    for lo in range(0, n, 2000):
+        lines = [
+            f"{ids[i % len(ids)]}\t{base + dt.timedelta(microseconds=i)}\t{i}\t{2 * i}\n"
+            for i in range(lo, min(n, lo + 2000))
+        ]
+        batches.append("".join(lines).encode())
+    copy_sql = (
+        'COPY endpoint_numeric_data (endpoint_id, "timestamp", value_raw, value_cal) FROM STDIN'
+    )
+    rates: dict[str, list[float]] = {"on": [], "off": []}
+    with psycopg.connect(env.dsn, autocommit=True) as conn:
+        try:
+            for _ in range(repeat):
+                for mode in ("on", "off"):
+                    action = "ENABLE" if mode == "on" else "DISABLE"
+                    conn.execute(
+                        f"ALTER TABLE endpoint_numeric_data {action} TRIGGER "
+                        "endpoint_numeric_data_rollup"
+                    )
+                    t0 = time.perf_counter()
+                    for data in batches:
+                        with conn.transaction(), conn.cursor() as cur, cur.copy(copy_sql) as copy:
+                            copy.write(data)
+                    rates[mode].append(n / (time.perf_counter() - t0))
+                    check_and_clear(env.dsn, ids, 0)
+        finally:
+            conn.execute(
+                "ALTER TABLE endpoint_numeric_data ENABLE TRIGGER endpoint_numeric_data_rollup"
+            )
+            conn.execute(
+                "DELETE FROM endpoint_numeric_rollup_1m WHERE bucket < '2025-01-01'; "
+                "DELETE FROM endpoint_numeric_rollup_1h WHERE bucket < '2025-01-01'"
+            )
+    on, off = statistics.median(rates["on"]), statistics.median(rates["off"])
+    report.add(
+        Row(
+            "logger ingest",
+            "COPY only, rollup trigger on",
+            "values/s",
+            rates["on"],
+            note=f"server side of ours: {n} rows in 2 000-row transactions, ready-made COPY "
+            f"text; trigger off: {off:,.0f}/s, so the trigger costs "
+            f"{(1 / on - 1 / off) * 1e6:.1f} us per value",
+            digits=0,
+        )
+    )
 
+
+@dataclass
+class RawOutcome:
+    n: int
+    seconds: float
+    cpu_s: float
+
+
+def raw_rounds(env: Environment, report: Report, n: int, repeat: int) -> dict[str, float]:
+    """Drain ``n`` queued alerts with each raw consumer (no database), ``repeat`` times,
+    alternating consumers.  Returns the median msgs/s of each consumer that ran."""
+    assert env.broker is not None
+    blobs = encode_alerts(n, dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+    results: dict[str, list[RawOutcome]] = {c: [] for c in RAW_CONSUMERS}
+    queue_op(env, "declare", RAW_QUEUE)
+    try:
+        for _ in range(repeat):
+            for consumer in RAW_CONSUMERS:
+                publish_parallel(env.broker, blobs)
+                proc = ServiceProcess.baseline(
+                    env, f"raw-{consumer}", RAW_READY, "--queue", RAW_QUEUE, "--expect", str(n)
+                ).start()
+                try:
+                    outcome = _raw_result(proc)
+                finally:
+                    proc.stop()
+                if outcome is None:
+                    print(f"  raw {consumer}: no result; log: {proc.tail()}")
+                    if left := queue_op(env, "purge", RAW_QUEUE):
+                        print(f"  {left} alerts were left in {RAW_QUEUE} (purged)")
+                else:
+                    results[consumer].append(outcome)
+    finally:
+        queue_op(env, "delete", RAW_QUEUE)
+    medians: dict[str, float] = {}
+    for consumer, outcomes in results.items():
+        rates = [o.n / o.seconds for o in outcomes if o.seconds > 0]
+        cpu = [o.cpu_s / o.n * 1e6 for o in outcomes]
+        row = report.add(
+            Row(
+                "logger ingest",
+                f"raw {consumer} msgs/s",
+                "msgs/s",
+                rates,
+                note=f"drain of {n} queued alerts x {len(rates)}, prefetch 10 000, one ack per "
+                "2 000, no database (baseline)",
+                digits=0,
+            )
+        )
+        if not rates:
+            row.not_run = "the consumer gave no result"
+            continue
+        medians[consumer] = statistics.median(rates)
+        report.add(
+            Row(
+                "logger ingest",
+                f"raw {consumer} CPU per msg",
+                "us",
+                cpu,
+                note="consumer process CPU from the first delivery to the last",
+                digits=0,
+            )
+        )
+    return medians
+
+
+def _raw_result(proc: ServiceProcess, stall_s: float = 30.0) -> RawOutcome | None:
+    """The JSON line a raw consumer prints once it has drained the queue."""
+    deadline = time.perf_counter() + stall_s
+    while time.perf_counter() < deadline:
+        for line in proc.log_text().splitlines():
+            if line.startswith("{"):
+                data = json.loads(line)
+                return RawOutcome(int(data["n"]), float(data["seconds"]), float(data["cpu_s"]))
+        if not proc.alive():
+            return None
+        time.sleep(0.02)
+    return None
+
+
+def queue_op(env: Environment, op: str, name: str) -> int:
+    """``declare`` (a durable quorum queue bound as the logger's), ``purge`` or ``delete`` a
+    queue of this run; returns the messages purged or deleted with it (0 if it does not exist).
+
+    The logger's and the naive logger's queues outlive their processes on purpose (backlog
+    rounds): they are removed at the end.
+    """
     import aio_pika
+    import aiormq
 
     assert env.broker is not None
 
-    async def delete() -> None:
+    async def work() -> int:
         conn = await aio_pika.connect(env.broker.url)  # type: ignore[union-attr]
         try:
             channel = await conn.channel()
-            await channel.queue_delete(name)
+            if op == "declare":
+                queue = await channel.declare_queue(
+                    name, durable=True, arguments={"x-queue-type": "quorum"}
+                )
+                exchange = await channel.declare_exchange(
+                    ALERTS_EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=False
+                )
+                await queue.bind(exchange, routing_key="sensor_value.#")
+                return 0
+            try:
+                queue = await channel.declare_queue(name, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                return 0
+            if op == "purge":
+                result = await queue.purge()
+            else:
+                result = await queue.delete(if_unused=False, if_empty=False)
+            return int(getattr(result, "message_count", 0) or 0)
         finally:
             await conn.close()
 
-    asyncio.run(delete())
+    return asyncio.run(work())

@@ -110,7 +110,16 @@ async def lab(amqp_url: str, rabbitmq_server: Any) -> AsyncIterator[Lab]:
     for name, endpoints, extra in (
         (a, [f"{a}_peaches"], {}),
         (b, [f"{b}_chips"], {}),
-        (logger, [], {"extra_queues": [f"{logger}_alerts"], "alert_keys": ["sensor_value.#"]}),
+        (
+            logger,
+            [],
+            # processes: 2 -> the account also runs <logger>-2 (the scaled-out sensor logger)
+            {
+                "extra_queues": [f"{logger}_alerts"],
+                "alert_keys": ["sensor_value.#"],
+                "processes": 2,
+            },
+        ),
     ):
         config = {"name": name, "endpoints": [{"name": e} for e in endpoints]}
         granted = perms.dripline_service_permissions({"name": name, **extra}, config=config)
@@ -350,6 +359,32 @@ async def test_service_cannot_take_another_services_requests(lab: Lab) -> None:
         await channel.declare_queue(lab.b.name, exclusive=True, auto_delete=True)
 
     await refused(lab, lab.a, squat)
+
+
+async def test_a_second_logger_process_gets_its_own_name_and_no_other(lab: Lab) -> None:
+    """processes: 2 lets the logger's account run <logger>-2 (its queue, its bindings, its
+    heartbeats), and nothing beyond: <logger>-3 is refused."""
+    second = Service(
+        f"{lab.logger.name}-2",
+        dripline_mesh=lab.mesh,
+        authentication=lab.logger.auth(),
+        heartbeat_interval_s=0,
+    )
+    async with running(second):
+        await second.send_alert(f"heartbeat.{second.name}", {"name": second.name})
+        with pytest.raises(PublishRefused):
+            await second.send_alert(f"heartbeat.{lab.logger.name}-3", {"name": "three"})
+
+    async def third(channel: aio_pika.abc.AbstractChannel) -> None:
+        await channel.declare_queue(f"{lab.logger.name}-3", exclusive=True, auto_delete=True)
+
+    await refused(lab, lab.logger, third)
+
+    async def bind_third(channel: aio_pika.abc.AbstractChannel) -> None:
+        queue = await channel.declare_queue(f"{lab.logger.name}-2", exclusive=True)
+        await queue.bind(lab.mesh.requests_exchange, routing_key=f"{lab.logger.name}-3.#")
+
+    assert "access to topic" in await refused(lab, lab.logger, bind_third)
 
 
 async def test_only_the_logger_may_read_sensor_values(lab: Lab) -> None:

@@ -105,6 +105,27 @@ def test_program_running(aio, program):
     assert "RUNNING" in out, aio.run("tail -n 30 /var/log/insectarium/%s.log", program).stdout
 
 
+def test_second_logger_process_drains_the_same_queue(aio):
+    """lab_services_sensor_logger_processes: 2 -> not-sc_db and not-sc_db-2 on not-sc_db_alerts."""
+    deadline = time.monotonic() + 60
+    out = ""
+    while time.monotonic() < deadline:
+        out = aio.run("supervisorctl status not-sc_db-workers:not-sc_db-2").stdout
+        if "RUNNING" in out:
+            break
+        time.sleep(2)
+    assert "RUNNING" in out, aio.run("tail -n 30 /var/log/insectarium/not-sc_db-2.log").stdout
+    consumers = None
+    while time.monotonic() < deadline:
+        out = aio.check_output("rabbitmqctl -q list_queues name consumers --formatter json")
+        queues = {q["name"]: q["consumers"] for q in json.loads(out)}
+        consumers = queues.get("not-sc_db_alerts")
+        if consumers == 2:
+            break
+        time.sleep(2)
+    assert consumers == 2, out
+
+
 def test_programs_use_tls(aio):
     conf = aio.file("/etc/supervisor/conf.d/not-sc_db.conf").content_string
     assert f"-p 5671 --tls --tls-ca-file {CA}" in conf

@@ -66,9 +66,12 @@ def dripline_service_permissions(
 ) -> dict[str, list[dict[str, str]]]:
     """Permissions of one dripline service account.
 
-    ``service``: ``{name, extra_queues, endpoints, alert_keys}`` (one item of the lab's program
-    list); ``endpoints`` defaults to the ``endpoints`` of ``config`` (the service's YAML file),
-    ``alert_keys`` (binding keys it may use on the alerts exchange) to none.
+    ``service``: ``{name, extra_queues, endpoints, alert_keys, processes}`` (one item of the
+    lab's program list); ``endpoints`` defaults to the ``endpoints`` of ``config`` (the service's
+    YAML file), ``alert_keys`` (binding keys it may use on the alerts exchange) to none.  With
+    ``processes`` N > 1 (the sensor logger scaled out) the account also runs the services
+    ``<name>-2`` … ``<name>-N`` (no endpoints of their own): their queues, ``<name>-k.#`` and
+    ``heartbeat.<name>-k`` are allowed as well, and no other name.
 
     The service may: declare and use its own queues and reply queues; bind its queue on requests
     to ``<name>.#``, ``broadcast.#`` and ``<endpoint>.#``; send any request and reply; publish on
@@ -85,14 +88,15 @@ def dripline_service_permissions(
     endpoints = service.get("endpoints")
     if endpoints is None:
         endpoints = config.get("endpoints") or []
-    own_queues = _alternatives([name, *service.get("extra_queues", [])])
+    names = [name] + [f"{name}-{k}" for k in range(2, int(service.get("processes") or 1) + 1)]
+    own_queues = _alternatives([*names, *service.get("extra_queues", [])])
     exchanges = _alternatives([requests_exchange, alerts_exchange])
     alert_keys = list(service.get("alert_keys") or [])
     read_exchanges = _alternatives([requests_exchange] + ([alerts_exchange] if alert_keys else []))
-    bindings = [f"{n}.#" for n in [name, broadcast_key, *_endpoint_names(endpoints)]]
+    bindings = [f"{n}.#" for n in [*names, broadcast_key, *_endpoint_names(endpoints)]]
     alerts_out = [
         _alternatives(_endpoint_keys(endpoints, sensor_value_prefix)),
-        re.escape(f"{heartbeat_key}.{name}"),
+        _alternatives(f"{heartbeat_key}.{n}" for n in names),
         re.escape(f"{status_message_key}.") + ".+",
     ]
     return {

@@ -72,16 +72,7 @@ class AlertConsumer(Service):
     async def setup_consumers(self) -> None:
         assert self.connection is not None
         if self.alert_queue_durable:
-            durable = DurableAlertQueue(
-                self.alert_queue_name,
-                self.alert_keys,
-                self.mesh.alerts_exchange,
-                open_channel=self._open_alert_channel,
-                declare_exchange=self.connection.declare_exchange,
-                consume=self._on_alert_delivery,
-                settled=self.alert_deliveries_settled,
-                quorum=self.alert_queue_type == "quorum",
-            )
+            durable = self._durable_queue()
             queue = await durable.declare()
         else:
             channel = await self._open_alert_channel()
@@ -101,6 +92,20 @@ class AlertConsumer(Service):
             self.alert_keys,
             f"durable {self.alert_queue_type}" if self.alert_queue_durable else "transient",
             self.alert_queue_name,
+        )
+
+    def _durable_queue(self) -> DurableAlertQueue:
+        """The durable queue's declaration (with the conversion of an older classic queue)."""
+        assert self.connection is not None
+        return DurableAlertQueue(
+            self.alert_queue_name,
+            self.alert_keys,
+            self.mesh.alerts_exchange,
+            open_channel=self._open_alert_channel,
+            declare_exchange=self.connection.declare_exchange,
+            consume=self._on_alert_delivery,
+            settled=self.alert_deliveries_settled,
+            quorum=self.alert_queue_type == "quorum",
         )
 
     def alert_deliveries_settled(self, channel: Any) -> bool:

@@ -23,6 +23,13 @@ What differs from dragonfly, and why (performance-notes.md):
   :mod:`insectarium.dripline.alert_queue`).  During an outage the batch is
   retried with back-off; a value already stored (redelivered after a crash) is skipped through an
   ``ON CONFLICT DO NOTHING`` path and counted, instead of failing its whole batch.
+* The alerts are received on their own pika connection in a thread
+  (:mod:`insectarium.dripline.alert_feed`, ``alert_client: pika``, the default): aio-pika costs
+  three times the CPU per delivery, which capped the logger at a fraction of what the broker
+  delivers (issue 14).  ``alert_client: aio-pika`` keeps everything on the service's connection.
+* Several logger processes may drain the same queue (``sensor_logger_processes`` in the
+  lab_services role): each value is delivered to one of them, acknowledged only once stored, and
+  a redelivered value already stored is skipped, so none is stored twice.
 """
 
 from __future__ import annotations
@@ -37,13 +44,14 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from aio_pika.abc import AbstractIncomingMessage
 from psycopg import sql
 
 from ..dripline import AlertConsumer, Endpoint, Message, MsgType
+from ..dripline.alert_feed import AlertFeed, FeedDelivery, connection_parameters
 from ..dripline.chunking import Delivery
 from ..dripline.constants import CONTENT_ENCODING
 from ..dripline.limits import MAX_TRACKED_NAMES
@@ -162,6 +170,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         id_map_refresh_s: float = 60.0,
         id_map_min_refresh_s: float = 2.0,
         retry_max_delay_s: float = 10.0,
+        alert_client: Literal["pika", "aio-pika"] = "pika",
         **kwargs: Any,
     ) -> None:
         super().__init__(
@@ -175,6 +184,11 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         )
         if batch_size < 1 or flush_interval_s <= 0:
             raise ValueError("batch_size must be >= 1 and flush_interval_s > 0")
+        if alert_client not in ("pika", "aio-pika"):
+            raise ValueError(f"alert_client must be pika or aio-pika, not {alert_client!r}")
+        self.alert_client = alert_client
+        self._feed: AlertFeed | None = None
+        self._feed_slices: asyncio.Queue[list[FeedDelivery]] = asyncio.Queue()
         self.schema = schema
         self.id_map_sql = qualified(schema, id_map_table)
         self.data_tables = dict(DEFAULT_DATA_TABLES if data_tables is None else data_tables)
@@ -215,6 +229,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self.dropped_unknown: Counter[str] = Counter()  # at most MAX_TRACKED_NAMES names
         self.dropped_unknown_other = 0  # values of names beyond those
         self.dropped_malformed = 0
+        #: deliveries the broker had given out before (to a process that went away unacknowledged)
+        self.redelivered = 0
         self._warned: set[str] = set()
         self._malformed_seen: Counter[str] = Counter()
         self._untracked = LogThrottle(log)
@@ -227,6 +243,89 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         if self.id_map_refresh_s > 0:
             self.schedule(self._periodic_refresh, self.id_map_refresh_s)
 
+    async def setup_consumers(self) -> None:
+        """Declare the alert queue as every alert consumer does; consume it through the feed."""
+        if self.alert_client != "pika":
+            await super().setup_consumers()
+            return
+        assert self.connection is not None
+        durable = self._durable_queue() if self.alert_queue_durable else None
+        if durable is not None:
+            await durable.declare()
+        self.spawn(self._feed_loop(), name="alert-feed")
+        self._feed = AlertFeed(
+            connection_parameters(
+                self.mesh,
+                self.authentication.dripline,
+                f"{self.name} alerts ({self.instance_id[:8]})",
+            ),
+            self.alert_queue_name,
+            prefetch=self.alert_prefetch_count,
+            deliver=self._feed_slices.put_nowait,
+            loop=asyncio.get_running_loop(),
+            declare=None if durable is not None else self._declare_transient,
+            name=f"{self.name} alert feed",
+            # as often as the service's own connection retries: both come back together
+            retry_max_delay_s=self.connection.reconnect_interval,
+        )
+        self._feed.start()
+        await self._feed.wait_consuming(timeout_s=30.0)
+        if durable is not None:
+            await durable.finish_upgrade()
+        log.info(
+            "%s consuming alerts %s on %s queue %s (pika)",
+            self.name,
+            self.alert_keys,
+            f"durable {self.alert_queue_type}" if durable is not None else "transient",
+            self.alert_queue_name,
+        )
+
+    def _declare_transient(self, channel: Any) -> None:
+        """On the feed's thread, for each of its connections: the exclusive queue, bound."""
+        exchange = self.mesh.alerts_exchange
+        channel.exchange_declare(exchange, exchange_type="topic", durable=False, auto_delete=False)
+        channel.queue_declare(
+            self.alert_queue_name, durable=False, exclusive=True, auto_delete=True
+        )
+        for key in self.alert_keys:
+            channel.queue_bind(self.alert_queue_name, exchange, routing_key=key)
+
+    async def _feed_loop(self) -> None:
+        """Take the feed's deliveries in order; a plain alert never makes this loop wait for a
+        commit (only for an ``endpoint_id_map`` refresh), anything else gets its own task."""
+        while True:
+            deliveries = await self._feed_slices.get()
+            for incoming in deliveries:
+                acks = self._acks_for(incoming)
+                tag = incoming.delivery_tag
+                acks.inflight.add(tag)
+                if incoming.redelivered:
+                    self.redelivered += 1
+                try:
+                    fast = self._lean_fields(incoming)
+                except Exception:  # never let one message stop the loop that feeds all
+                    await self._drop(acks, tag, incoming)
+                    continue
+                if fast is None:
+                    self.spawn(self._settle_other(acks, tag, incoming), name="alert")
+                    continue
+                # the common case, a mapped endpoint, without a coroutine per value
+                name = self._endpoint_name(incoming.routing_key)
+                entry = self.endpoint_map.get(name) if name else None
+                if entry is None:
+                    await self._settle_lean(acks, tag, incoming, fast)
+                    continue
+                try:
+                    batch = self._buffer(name, entry, *fast)
+                except Exception:
+                    await self._drop(acks, tag, incoming)
+                    continue
+                incoming.release()  # waits for the commit: keep no more than the tag
+                if batch is None:
+                    self._finished(acks, tag, incoming)
+                else:
+                    batch.deliveries.append((acks, tag, incoming))
+
     async def stop(self) -> None:
         """Write what is buffered before going (what cannot be written is redelivered later)."""
         waiting = [b.done for b in (self._current, self._batch) if b is not None]
@@ -236,6 +335,9 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             await asyncio.sleep(0.01)  # let the alert callbacks finish
         for acks in list(self._acks.values()):  # including those scheduled but not yet sent
             await self._send_acks(acks)
+        if self._feed is not None:
+            await self._feed.stop()
+            self._feed = None
         await super().stop()
 
     # ----------------------------------------------------------------- endpoint_id_map
@@ -371,6 +473,12 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             self._malformed(routing_key, "routing key does not name an endpoint")
             return None
         entry = self.endpoint_map.get(name) or await self._lookup(name)
+        return self._buffer(name, entry, payload, timestamp_text)
+
+    def _buffer(
+        self, name: str, entry: tuple[int, str] | None, payload: Any, timestamp_text: str
+    ) -> Batch | None:
+        """:meth:`_enqueue` once the name is looked up (never suspends)."""
         if entry is None:
             self._unknown(
                 name,
@@ -387,7 +495,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 ", ".join(self.data_tables),
             )
             return None
-        if not isinstance(payload, Mapping):
+        if type(payload) is not dict and not isinstance(payload, Mapping):
             self._malformed(name, f"payload is not an object: {payload!r:.80}")
             return None
         try:
@@ -446,25 +554,47 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         acks = self._acks_for(incoming)
         tag = incoming.delivery_tag or 0
         acks.inflight.add(tag)
+        if incoming.redelivered:
+            self.redelivered += 1
+        fast = self._lean_fields(incoming)
+        if fast is None:
+            await self._settle_other(acks, tag, incoming)
+        else:
+            await self._settle_lean(acks, tag, incoming, fast)
+
+    async def _settle_lean(
+        self, acks: _Acks, tag: int, incoming: Any, fast: tuple[Any, str]
+    ) -> None:
+        """Buffer a plain alert's value; the writer finishes the delivery once it is stored."""
         try:
-            fast = self._lean_fields(incoming)
-            if fast is None:
-                await self._alert_reassembler.feed(Delivery.from_incoming(incoming))
-            else:
-                batch = await self._enqueue(incoming.routing_key or "", *fast)
-                if batch is not None:
-                    # finished by the writer once the batch is committed: no task waits here
-                    batch.deliveries.append((acks, tag, incoming))
-                    return
+            batch = await self._enqueue(incoming.routing_key or "", *fast)
+            if batch is not None:
+                # finished by the writer once the batch is committed: no task waits here
+                batch.deliveries.append((acks, tag, incoming))
+                return
         except asyncio.CancelledError:
             raise  # stays in flight: never acknowledged here, redelivered after the restart
         except Exception:
-            log.exception("failed to process alert %s; dropped", incoming.routing_key)
-            acks.inflight.discard(tag)
-            with contextlib.suppress(Exception):
-                await incoming.nack(requeue=False)
+            await self._drop(acks, tag, incoming)
             return
         self._finished(acks, tag, incoming)
+
+    async def _settle_other(self, acks: _Acks, tag: int, incoming: Any) -> None:
+        """Chunked or unusual messages: the runtime's path (reassembly, full decode)."""
+        try:
+            await self._alert_reassembler.feed(Delivery.from_incoming(incoming))
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            await self._drop(acks, tag, incoming)
+            return
+        self._finished(acks, tag, incoming)
+
+    async def _drop(self, acks: _Acks, tag: int, incoming: Any) -> None:
+        log.exception("failed to process alert %s; dropped", incoming.routing_key)
+        acks.inflight.discard(tag)
+        with contextlib.suppress(Exception):
+            await incoming.nack(requeue=False)
 
     def _finished(self, acks: _Acks, tag: int, incoming: AbstractIncomingMessage) -> None:
         """A delivery is done with (stored or dropped): it may be acknowledged."""
@@ -474,7 +604,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             acks.scheduled = True
             asyncio.get_running_loop().call_later(ACK_DELAY_S, self._schedule_ack, acks)
 
-    def _lean_fields(self, incoming: AbstractIncomingMessage) -> tuple[Any, str] | None:
+    def _lean_fields(self, incoming: Any) -> tuple[Any, str] | None:
         """(payload, timestamp) of a plain single-chunk JSON alert; ``None`` → runtime path."""
         headers = incoming.headers or {}
         if (
@@ -488,7 +618,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             stamp = stamp.decode("utf-8", "replace")
         try:
             payload = json.loads(incoming.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None  # the runtime path reports it
         return payload, str(stamp)
 
@@ -692,6 +822,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             "dropped_unknown": dict(self.dropped_unknown),
             "dropped_unknown_other": self.dropped_unknown_other,
             "dropped_malformed": self.dropped_malformed,
+            "redelivered": self.redelivered,
             "pending": (batch.size if batch else 0),
             "mapped_endpoints": len(self.endpoint_map),
         }
