@@ -62,15 +62,16 @@ class InsertOnlyRunTable(FakeRunTable):
 class FakeSnapshot(Endpoint):
     """``take_snapshot`` writes its arguments through the metadata receiver, like sc_snapshot."""
 
-    def __init__(self, name: str, fail: bool = False) -> None:
+    def __init__(self, name: str, fail: bool = False, delay: float = 0.0) -> None:
         super().__init__(name)
-        self.fail = fail
+        self.fail, self.delay = fail, delay
         self.calls: list[list[Any]] = []
 
     async def take_snapshot(
         self, start: str, end: str, metadata_target: str, filename: str
     ) -> None:
         self.calls.append([start, end, metadata_target, filename])
+        await asyncio.sleep(self.delay)
         if self.fail:
             raise ThrowReply("database_error", "database away")
         contents = {"peaches": [{"timestamp": start, "value_cal": 1.5}], "end": end}
@@ -114,6 +115,7 @@ async def make_lab(mesh, auth, tmp_path):
         insert_delay: float = 0.0,
         run_table_cls: type[FakeRunTable] = FakeRunTable,
         snapshot_fails: bool = False,
+        snapshot_delay: float = 0.0,
         run_table_name: str | None = None,
         metadata_state: str | None = None,
         open_rows: dict[int, dict[str, Any]] | None = None,
@@ -136,7 +138,7 @@ async def make_lab(mesh, auth, tmp_path):
         )
         run_table = run_table_cls(f"{p}_run_table", next_id, insert_delay)
         run_table.rows.update(open_rows or {})
-        snapshot = FakeSnapshot(f"{p}_sc_snapshot", fail=snapshot_fails)
+        snapshot = FakeSnapshot(f"{p}_sc_snapshot", fail=snapshot_fails, delay=snapshot_delay)
         peers.add_endpoint(run_table)
         peers.add_endpoint(snapshot)
         data = tmp_path / p
@@ -270,6 +272,21 @@ async def test_concurrent_starts_give_one_run(make_lab, client) -> None:
     codes = sorted(r.return_code for r in replies)
     assert codes == [0, 1102]
     assert len(lab.run_table.rows) == 1
+    assert (await cmd(client, lab.name, "end_run")).return_code == 0
+
+
+async def test_a_start_while_a_run_is_ending_says_so(make_lab, client) -> None:
+    lab = await make_lab(snapshot_delay=1.0)
+    assert (await cmd(client, lab.name, "start_timed_run", "first", 30)).return_code == 0
+    ending = asyncio.ensure_future(cmd(client, lab.name, "end_run"))
+    await eventually(lambda: lab.snapshot.calls, timeout=5)  # the end has begun
+    refused = await cmd(client, lab.name, "start_timed_run", "second", 30)
+    assert refused.return_code == 1102
+    assert "ending a run" in refused.return_message
+    assert (await ending).return_code == 0
+    assert (await cmd(client, lab.name, "start_timed_run", "second", 30)).return_code == 0
+    running = await cmd(client, lab.name, "start_timed_run", "third", 30)
+    assert running.return_message.endswith("DAQ is already running: aborting run")
     assert (await cmd(client, lab.name, "end_run")).return_code == 0
 
 

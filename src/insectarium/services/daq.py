@@ -271,6 +271,13 @@ class GenericDAQProvider(Endpoint):
             or self._run_id is not None
         )
 
+    def _busy_message(self) -> str:
+        """Why a run cannot start now: dragonfly's words while a run is going, and what is
+        happening when the DAQ is only finishing one (e.g. closing a run a crash left open)."""
+        if self._end_lock.locked():
+            return "DAQ is ending a run (snapshot, run table, report): try again in a few seconds"
+        return "DAQ is already running: aborting run"
+
     def on_get(self) -> dict[str, Any]:
         return self.status
 
@@ -355,7 +362,7 @@ class GenericDAQProvider(Endpoint):
                 f"{self.name} is in safe mode (condition {self._safe_mode}): run not started",
             )
         if self.busy:
-            raise ThrowReply("daq_running", "DAQ is already running: aborting run")
+            raise ThrowReply("daq_running", self._busy_message())
         async with self._start_lock:
             await self.do_checks()
             return await self._start_run(run_name, seconds)
