@@ -509,3 +509,64 @@ def _quiet(fn: Any, *args: Any) -> Any:
         return fn(*args)
     except OSError:
         return None
+
+
+def test_processes_of_a_group_are_named_and_controlled_as_supervisorctl_does(
+    tmp_path: Path,
+) -> None:
+    """A ``numprocs`` program (the scaled-out sensor logger) is ``group:name`` in the console,
+    and stop/start/tail of such a process reach it (a bare name is BAD_NAME for supervisord)."""
+    import shutil
+    import time
+
+    from insectarium.console.config import Supervisor
+    from insectarium.console.supervisor import SupervisorError, SupervisorHost
+    from insectarium.testing.servers import free_port
+
+    port = free_port()
+    conf = tmp_path / "supervisord.conf"
+    conf.write_text(
+        "\n".join(
+            [
+                "[inet_http_server]",
+                f"port=127.0.0.1:{port}",
+                "[supervisord]",
+                f"logfile={tmp_path}/supervisord.log",
+                f"pidfile={tmp_path}/supervisord.pid",
+                f"childlogdir={tmp_path}",
+                "[rpcinterface:supervisor]",
+                "supervisor.rpcinterface_factory = supervisor.rpcinterface:make_main_rpcinterface",
+                "[program:workers]",
+                f"command={sys.executable} -u -c 'import time; print(1); time.sleep(600)'",
+                "numprocs=2",
+                "process_name=worker-%(process_num)d",
+                "startsecs=0",
+                f"stdout_logfile={tmp_path}/%(process_num)d.log",
+                "",
+            ]
+        )
+    )
+    supervisord = shutil.which("supervisord", path=str(Path(sys.executable).parent))
+    assert supervisord
+    proc = subprocess.Popen([supervisord, "-n", "-c", str(conf)], start_new_session=True)
+    try:
+        host = SupervisorHost(Supervisor(host="here", url=f"http://127.0.0.1:{port}"))
+
+        def states() -> dict[str, str]:
+            try:
+                return {p.name: p.state for p in run(host.programs())}
+            except SupervisorError:  # not listening yet
+                return {}
+
+        deadline = time.monotonic() + 30
+        while states() != {"workers:worker-0": "RUNNING", "workers:worker-1": "RUNNING"}:
+            assert time.monotonic() < deadline, states()
+            time.sleep(0.2)
+        run(host.stop("workers:worker-0"))
+        assert states() == {"workers:worker-0": "STOPPED", "workers:worker-1": "RUNNING"}
+        run(host.start("workers:worker-0"))
+        assert states()["workers:worker-0"] == "RUNNING"
+        assert run(host.tail("workers:worker-1", 1000))["text"].strip() == "1"
+    finally:
+        proc.terminate()
+        proc.wait(30)

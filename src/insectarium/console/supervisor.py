@@ -134,7 +134,7 @@ class SupervisorHost:
         return [
             Program(
                 host=self.host,
-                name=str(i.get("name", "")),
+                name=_full_name(i),
                 group=str(i.get("group", "")),
                 state=str(i.get("statename", "UNKNOWN")),
                 description=str(i.get("description", "")),
@@ -170,6 +170,13 @@ class SupervisorHost:
         length = max(1, min(int(length), MAX_TAIL_BYTES))
         text, offset, overflow = await self.call("supervisor.tailProcessStdoutLog", name, 0, length)
         return {"text": text, "offset": offset, "overflow": bool(overflow)}
+
+
+def _full_name(info: dict[str, Any]) -> str:
+    """The name supervisorctl shows and the RPC accepts: ``group:name`` for a process of a
+    group (``numprocs``, e.g. the extra sensor logger processes), else the program's name."""
+    name, group = str(info.get("name", "")), str(info.get("group", ""))
+    return name if not group or group == name else f"{group}:{name}"
 
 
 class Supervisors:
