@@ -39,7 +39,17 @@ import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
 from .config_files import Credentials, tls_context
-from .errors import BrokerUnavailable, NotConnected, PublishRefused, UnroutableError
+from .errors import (
+    BrokerUnavailable,
+    NotConnected,
+    PublishRefused,
+    UnroutableError,
+    broker_not_verified,
+    broker_unreachable,
+    cert_verification_error,
+    credentials_refused,
+    exchanges_refused,
+)
 from .limits import REPORT_INTERVAL_S
 from .message import Message, amqp_chunks, multi_chunk_warning
 
@@ -125,16 +135,6 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def _cert_verification_error(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The certificate check failure behind a connection error (aiormq wraps it), if any."""
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 class Connection:
     def __init__(
         self,
@@ -187,27 +187,18 @@ class Connection:
                 self.connection = await self._open(remaining, context)
                 break
             except aiormq.exceptions.ProbableAuthenticationError:
-                raise BrokerUnavailable(
-                    f"broker {self.url_for_humans} refused the credentials of user "
-                    f"{self._credentials.username!r}"
-                ) from None
+                raise credentials_refused(self.url_for_humans, self._credentials.username) from None
             except (TimeoutError, OSError, aiormq.exceptions.AMQPError) as exc:
-                unverified = _cert_verification_error(exc)
+                unverified = cert_verification_error(exc)
                 if unverified is not None:
-                    # retrying cannot help: the broker's certificate is not one we trust
-                    raise BrokerUnavailable(
-                        f"TLS: cannot verify broker {self.url_for_humans}: "
-                        f"{unverified.verify_message} "
-                        f"(CA file: {self.mesh.tls_ca_file or 'system default'})"
+                    raise broker_not_verified(
+                        self.url_for_humans, unverified, self.mesh.tls_ca_file
                     ) from None
                 why = describe_error(exc)
                 elapsed = loop.time() - started
                 left = None if deadline is None else deadline - loop.time()
                 if attempt == attempts or (left is not None and left <= 0.05):
-                    raise BrokerUnavailable(
-                        f"cannot reach broker {self.url_for_humans}: {why} "
-                        f"({attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s)"
-                    ) from None
+                    raise broker_unreachable(self.url_for_humans, why, attempt, elapsed) from None
                 # a service at boot may wait for its broker: say so once, not per attempt
                 level = logging.WARNING if attempt == 1 and deadline is None else logging.DEBUG
                 log.log(
@@ -244,10 +235,10 @@ class Connection:
             )
         except aiormq.exceptions.ChannelAccessRefused as exc:
             await self.connection.close()
-            raise BrokerUnavailable(
-                f"broker {self.url_for_humans} does not let user "
-                f"{self._credentials.username!r} use the dripline exchanges: "
-                f"{exc.args[0] if exc.args else exc}"
+            raise exchanges_refused(
+                self.url_for_humans,
+                self._credentials.username,
+                str(exc.args[0] if exc.args else exc),
             ) from None
         self.connected.set()
         log.info("connected to %s", self.url_for_humans)

@@ -41,7 +41,15 @@ from pamqp.exceptions import UnmarshalingException
 
 from .. import __version__
 from .config_files import Credentials, tls_context
-from .errors import BrokerUnavailable, PublishRefused
+from .errors import (
+    BrokerUnavailable,
+    PublishRefused,
+    broker_not_verified,
+    broker_unreachable,
+    cert_verification_error,
+    credentials_refused,
+    exchanges_refused,
+)
 from .limits import MAX_ECHO_BYTES, MAX_PENDING_BYTES, MAX_PENDING_MESSAGES
 from .message import (
     Message,
@@ -166,25 +174,19 @@ class OneShotClient:
                 break
             except _AuthRefused:
                 self._drop()
-                raise BrokerUnavailable(
-                    f"broker {self.url_for_humans} refused the credentials of user "
-                    f"{self.credentials.username!r}"
-                ) from None
+                raise credentials_refused(self.url_for_humans, self.credentials.username) from None
             except (OSError, _ConnectionClosed, UnmarshalingException) as exc:
                 self._drop()
-                unverified = _cert_verification_error(exc)
+                unverified = cert_verification_error(exc)
                 if unverified is not None:
-                    raise BrokerUnavailable(
-                        f"TLS: cannot verify broker {self.url_for_humans}: "
-                        f"{unverified.verify_message} "
-                        f"(CA file: {self.mesh.tls_ca_file or 'system default'})"
+                    raise broker_not_verified(
+                        self.url_for_humans, unverified, self.mesh.tls_ca_file
                     ) from None
                 elapsed = time.monotonic() - started
                 left = None if deadline is None else deadline - time.monotonic()
                 if attempt == attempts or (left is not None and left <= 0.05):
-                    raise BrokerUnavailable(
-                        f"cannot reach broker {self.url_for_humans}: {_describe(exc)} "
-                        f"({attempt} attempt{'s' if attempt > 1 else ''} in {elapsed:.1f} s)"
+                    raise broker_unreachable(
+                        self.url_for_humans, _describe(exc), attempt, elapsed
                     ) from None
                 time.sleep(delay if left is None else min(delay, left))
                 delay = min(delay * 2, 10.0)
@@ -200,9 +202,8 @@ class OneShotClient:
                 )
         except _ChannelClosed as exc:
             self.close()
-            raise BrokerUnavailable(
-                f"broker {self.url_for_humans} does not let user "
-                f"{self.credentials.username!r} use the dripline exchanges: {exc.text}"
+            raise exchanges_refused(
+                self.url_for_humans, self.credentials.username, exc.text
             ) from None
         except (OSError, _ConnectionClosed, UnmarshalingException) as exc:
             self._drop()
@@ -592,14 +593,3 @@ def _echo(p: _Pending) -> bytes:
         if size >= MAX_ECHO_BYTES:
             break
     return b"".join(out)
-
-
-def _cert_verification_error(exc: BaseException) -> Any:
-    import ssl
-
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, ssl.SSLCertVerificationError):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
