@@ -102,25 +102,34 @@ async def test_queued_values_survive_a_broker_kill(
     assert second.stored == 1000 and second.duplicates == 0
 
 
+def ticking_service(
+    dsn: str, amqp_url: str, prefix: str, interval: float, heartbeat_s: float
+) -> tuple[str, SensorLogger, Service]:
+    """A logger on its own durable queue and a service whose one endpoint (registered in the
+    database) logs a value every ``interval`` seconds: (endpoint name, logger, service)."""
+    source = unique(prefix)
+    name = f"{source}_v"
+    register(dsn, **{name: "numeric"})
+    logger: SensorLogger = make_logger(
+        dsn, amqp_url, alert_queue_name=unique("sc_db_alerts"), alert_queue_durable=True
+    )
+    service = Service(
+        source,
+        dripline_mesh=mesh_for(amqp_url),
+        authentication=auth_for(amqp_url),
+        heartbeat_interval_s=heartbeat_s,
+    )
+    service.add_endpoint(KeyValueStore(name, initial_value=1.5, log_interval=interval))
+    return name, logger, service
+
+
 async def test_a_broker_restart_during_scheduled_logging_loses_no_value(
     broker: Any, lab_database: str, amqp_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Values logged every 0.4 s while the broker is stopped for ~4 s: none missing."""
     caplog.set_level(logging.INFO)
     interval = 0.4
-    source = unique("ticker")
-    name = f"{source}_v"
-    register(lab_database, **{name: "numeric"})
-    logger: SensorLogger = make_logger(
-        lab_database, amqp_url, alert_queue_name=unique("sc_db_alerts"), alert_queue_durable=True
-    )
-    service = Service(
-        source,
-        dripline_mesh=mesh_for(amqp_url),
-        authentication=auth_for(amqp_url),
-        heartbeat_interval_s=1,
-    )
-    service.add_endpoint(KeyValueStore(name, initial_value=1.5, log_interval=interval))
+    name, logger, service = ticking_service(lab_database, amqp_url, "ticker", interval, 1)
     async with running(logger):
         async with running(service):
             await asyncio.sleep(2)
@@ -151,19 +160,7 @@ async def test_scheduled_logging_keeps_its_ticks_while_the_broker_holds_publishe
     """A memory alarm makes the broker stop reading from publishers (as a broker that shuts down
     holds confirms): the values are still taken every tick and all arrive once it clears."""
     interval = 0.25
-    source = unique("held")
-    name = f"{source}_v"
-    register(lab_database, **{name: "numeric"})
-    logger: SensorLogger = make_logger(
-        lab_database, amqp_url, alert_queue_name=unique("sc_db_alerts"), alert_queue_durable=True
-    )
-    service = Service(
-        source,
-        dripline_mesh=mesh_for(amqp_url),
-        authentication=auth_for(amqp_url),
-        heartbeat_interval_s=0,
-    )
-    service.add_endpoint(KeyValueStore(name, initial_value=2.5, log_interval=interval))
+    name, logger, service = ticking_service(lab_database, amqp_url, "held", interval, 0)
     async with running(logger), running(service):
         await asyncio.sleep(1)
         await asyncio.to_thread(broker.ctl, "set_vm_memory_high_watermark", "0")  # alarm on
