@@ -25,18 +25,9 @@ from urllib.parse import urlparse
 import yaml
 
 from .role_grants import grant_read_only
+from .runtime_support import CONFIGS, LAB_SERVICES
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "files" / "configs"
-# (program, config file, needs the database) — the lab's six services
-PROGRAMS = [
-    ("not-sc_db", "slow_control_table.yaml", True),
-    ("not-snapshot_service", "slow_control_snapshot.yaml", True),
-    ("not-run_table", "run_table.yaml", True),
-    ("not-glenlivet", "kv_store_tutorial.yaml", False),
-    ("not-status_multido", "status_multigets.yaml", False),
-    ("not-generic_daq", "generic_daq.yaml", False),
-]
+PROGRAMS = LAB_SERVICES  # supervisord programs of the console tests
 
 
 def free_port() -> int:

@@ -102,6 +102,17 @@ async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.
 
 
 REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "files" / "configs"
+# The lab's six services as (program, config file, needs the database), in start order: the
+# logger first, so that its durable alert queue exists before the others send values.
+LAB_SERVICES = [
+    ("not-sc_db", "slow_control_table.yaml", True),
+    ("not-snapshot_service", "slow_control_snapshot.yaml", True),
+    ("not-run_table", "run_table.yaml", True),
+    ("not-glenlivet", "kv_store_tutorial.yaml", False),
+    ("not-status_multido", "status_multigets.yaml", False),
+    ("not-generic_daq", "generic_daq.yaml", False),
+]
 
 
 @pytest.fixture(scope="module")

@@ -30,19 +30,9 @@ from urllib.parse import urlparse
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "files" / "configs"
+from .runtime_support import CONFIGS, LAB_SERVICES
 
-# (service name, config file, needs the database) in start order: the logger first, so that its
-# durable alert queue exists before the key-value store sends its first values.
-SERVICES = [
-    ("not-sc_db", "slow_control_table.yaml", True),
-    ("not-snapshot_service", "slow_control_snapshot.yaml", True),
-    ("not-run_table", "run_table.yaml", True),
-    ("not-glenlivet", "kv_store_tutorial.yaml", False),
-    ("not-status_multido", "status_multigets.yaml", False),
-    ("not-generic_daq", "generic_daq.yaml", False),
-]
+SERVICES = LAB_SERVICES  # started in this order
 # Long enough for a few dl-agent processes (~1 s each on the lab's 2 cores) to set values while
 # the run is going; the run is ended by the DAQ's own timer.
 RUN_SECONDS = 12
