@@ -289,7 +289,17 @@ def test_config_errors_name_the_file_and_the_key(tmp_path: Path) -> None:
         ({**good, "userz": []}, "userz: unknown key"),
         ({**good, "users": [{"name": "lab", "password": "short"}]}, "users.0.password"),
         ({**good, "secret_key": "short"}, "secret_key"),
-        ({**good, "users": [good["users"][0], good["users"][0]]}, "unique"),
+        ({**good, "users": [good["users"][0], good["users"][0]]}, "user names must be unique"),
+        (
+            {
+                **good,
+                "supervisors": [
+                    {"host": "sc-db", "url": "http://a:9001"},
+                    {"host": "sc-db", "url": "http://b:9001"},
+                ],
+            },
+            "supervisor host names must be unique: sc-db",
+        ),
         ({**good, "database": {**good["database"], "sslmode": "verify"}}, "database.sslmode"),
         (
             {**good, "database": {**good["database"], "sslrootcert": "/nonexistent/ca.pem"}},
@@ -399,6 +409,8 @@ def test_viewers_may_not_operate_and_bad_requests_get_clear_errors(console: Cons
     )
     assert status == 400 and "not an ISO" in json.loads(body)["error"]
     assert console.request("/runs/424242", user="lab", password="operator-pw")[0] == 404
+    status, _h, body = console.request("/api/runs/424242", user="lab", password="operator-pw")
+    assert status == 404 and "no run 424242" in json.loads(body)["error"]
     status, headers, _ = console.request(
         "/runs/1/files/..%2F..%2Fetc%2Fpasswd", user="lab", password="operator-pw"
     )

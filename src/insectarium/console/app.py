@@ -243,14 +243,10 @@ class Console:
 
     async def run_page(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
-        async with self.db() as conn:
-            row = await queries.run(conn, run_id)
-            if row is None:
-                raise HTTPException(404, f"there is no run {run_id}")
-            newest = await queries.newest_run_id(conn)
-            end = row.get("end_timestamp") or _utcnow()
-            summary = await queries.run_summary(conn, row["start_timestamp"], end)
-        state = queries.run_state(row, newest)
+        found = await self.run_with_summary(run_id)
+        if found is None:
+            raise HTTPException(404, f"there is no run {run_id}")
+        row, state, end, summary = found
         directory = self.run_dir(run_id)
         files = _files(directory)
         metadata = await asyncio.to_thread(_metadata, directory, run_id)
@@ -266,6 +262,20 @@ class Console:
             window_end=queries.iso(end),
             window_start=queries.iso(row["start_timestamp"]),
         )
+
+    async def run_with_summary(
+        self, run_id: int
+    ) -> tuple[dict[str, Any], str, dt.datetime, Any] | None:
+        """A run's row, state, end of its window (now while it runs) and value summary, or
+        None when there is no such run: what its page and ``/api/runs/<id>`` both show."""
+        async with self.db() as conn:
+            row = await queries.run(conn, run_id)
+            if row is None:
+                return None
+            newest = await queries.newest_run_id(conn)
+            end = row.get("end_timestamp") or _utcnow()
+            summary = await queries.run_summary(conn, row["start_timestamp"], end)
+        return row, queries.run_state(row, newest), end, summary
 
     def run_dir(self, run_id: int) -> Path:
         from ..report.sources import run_directory
@@ -406,17 +416,14 @@ class Console:
 
     async def api_run(self, request: Request) -> Response:
         run_id = request.path_params["run_id"]
-        async with self.db() as conn:
-            row = await queries.run(conn, run_id)
-            if row is None:
-                return _error(404, f"there is no run {run_id}")
-            newest = await queries.newest_run_id(conn)
-            end = row.get("end_timestamp") or _utcnow()
-            summary = await queries.run_summary(conn, row["start_timestamp"], end)
+        found = await self.run_with_summary(run_id)
+        if found is None:
+            return _error(404, f"there is no run {run_id}")
+        row, state, _end, summary = found
         return JSONResponse(
             {
                 "run": _jsonable(row),
-                "state": queries.run_state(row, newest),
+                "state": state,
                 "summary": summary,
                 "files": [{"name": n, "bytes": s} for n, s in _files(self.run_dir(run_id))],
             }

@@ -121,20 +121,20 @@ class ConsoleConfig(_Strict):
     @field_validator("users")
     @classmethod
     def _unique_users(cls, v: list[User]) -> list[User]:
-        names = [u.name for u in v]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"user names must be unique: {', '.join(dupes)}")
+        _no_duplicates([u.name for u in v], "user names")
         return v
 
     @field_validator("supervisors")
     @classmethod
     def _unique_hosts(cls, v: list[Supervisor]) -> list[Supervisor]:
-        hosts = [s.host for s in v]
-        dupes = sorted({h for h in hosts if hosts.count(h) > 1})
-        if dupes:
-            raise ValueError(f"supervisor host names must be unique: {', '.join(dupes)}")
+        _no_duplicates([s.host for s in v], "supervisor host names")
         return v
+
+
+def _no_duplicates(names: list[str], what: str) -> None:
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"{what} must be unique: {', '.join(dupes)}")
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> ConsoleConfig:
