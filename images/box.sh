@@ -24,19 +24,8 @@ DISK_SIZE_GIB=8
 BOOT_MIB=128
 PACKAGES=linux-image-amd64,initramfs-tools,zstd,systemd-sysv,udev,dbus,kmod,systemd-resolved,openssh-server,sudo,python3,python3-apt,ca-certificates,iproute2,procps,netbase,less
 
-mirror_for() {  # suite -> URI from the host's deb822 sources (as images/build.sh)
-    local f=/etc/apt/sources.list.d/debian.sources
-    [[ -r $f ]] || return 0
-    awk -v want="$1" '
-        /^URIs:/ {uri=$2}
-        /^Suites:/ {for (i = 2; i <= NF; i++) if ($i == want) found = uri}
-        /^$/ {uri=""}
-        END {if (found) print found}' "$f"
-}
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-$(mirror_for bookworm)}"
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(mirror_for bookworm-security)}"
-DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
+# shellcheck source=images/debian-source.sh
+. "$here/debian-source.sh"  # DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR, debian_ca_hooks
 
 vagrant_key() {  # $1 = vagrant (private) or vagrant.pub
     local k
@@ -50,7 +39,7 @@ vagrant_key() {  # $1 = vagrant (private) or vagrant.pub
 
 recipe_hash() {
     {
-        cat "${BASH_SOURCE[0]}" "$(vagrant_key vagrant.pub)"
+        cat "${BASH_SOURCE[0]}" "$here/debian-source.sh" "$(vagrant_key vagrant.pub)"
         echo "$DEBIAN_MIRROR $DEBIAN_SECURITY_MIRROR"
         cat /usr/local/share/ca-certificates/*.crt 2>/dev/null || true
     } | sha256sum | cut -c1-16
@@ -106,18 +95,12 @@ build() {
     WORK="$work"
     trap 'rm -rf "$WORK"' EXIT
 
-    local ca_hooks=()
-    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-        ca_hooks+=(--customize-hook='sync-in /usr/local/share/ca-certificates /usr/local/share/ca-certificates'
-            --customize-hook='chroot "$1" update-ca-certificates >/dev/null')
-    fi
-    ca_hooks+=(--customize-hook='printf "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n" > "$1/etc/pip.conf"')
     local t=$SECONDS
     mmdebstrap --quiet --variant=minbase --include="$PACKAGES" \
         --aptopt='Acquire::Check-Valid-Until "false"' --aptopt='Acquire::Languages "none"' \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
         --dpkgopt='path-include=/usr/share/doc/*/copyright' \
-        "${ca_hooks[@]}" --customize-hook="\"${BASH_SOURCE[0]}\" customize \"\$1\"" \
+        "${debian_ca_hooks[@]}" --customize-hook="\"${BASH_SOURCE[0]}\" customize \"\$1\"" \
         bookworm "$work/rootfs" "deb $DEBIAN_MIRROR bookworm main" \
         "deb $DEBIAN_MIRROR bookworm-updates main" \
         "deb $DEBIAN_SECURITY_MIRROR bookworm-security main"

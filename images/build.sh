@@ -24,29 +24,8 @@ VAGRANT=local/debian:bookworm-vagrant
 
 have() { docker image inspect "$1" >/dev/null 2>&1; }
 
-# Read the mirrors from the host's deb822 sources (fall back to deb.debian.org).
-mirror_for() {  # $1 = suite to look for
-    local f=/etc/apt/sources.list.d/debian.sources
-    [[ -r $f ]] || return 0
-    awk -v want="$1" '
-        /^URIs:/ {uri=$2}
-        /^Suites:/ {for (i = 2; i <= NF; i++) if ($i == want) found = uri}
-        /^$/ {uri=""}
-        END {if (found) print found}' "$f"
-}
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-$(mirror_for bookworm)}"
-DEBIAN_MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
-DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-$(mirror_for bookworm-security)}"
-DEBIAN_SECURITY_MIRROR="${DEBIAN_SECURITY_MIRROR:-http://deb.debian.org/debian-security}"
-
-# Extra CAs the host trusts (a TLS-inspecting egress proxy, a site CA) are trusted inside the
-# images too, and pip is pointed at the system bundle, so containers can reach PyPI like the host.
-ca_hooks=()
-if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-    ca_hooks+=(--customize-hook='sync-in /usr/local/share/ca-certificates /usr/local/share/ca-certificates'
-        --customize-hook='chroot "$1" update-ca-certificates >/dev/null')
-fi
-ca_hooks+=(--customize-hook='printf "[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n" > "$1/etc/pip.conf"')
+# shellcheck source=images/debian-source.sh
+. "$here/debian-source.sh"  # DEBIAN_MIRROR, DEBIAN_SECURITY_MIRROR, debian_ca_hooks
 
 if [[ $force == 1 ]] || ! have "$BASE"; then
     echo "images: building $BASE from $DEBIAN_MIRROR (mmdebstrap | docker import)"
@@ -55,7 +34,7 @@ if [[ $force == 1 ]] || ! have "$BASE"; then
         --include=python3,python3-apt,ca-certificates,procps,iproute2,tini \
         --aptopt='Acquire::Check-Valid-Until "false"' --aptopt='Acquire::Languages "none"' \
         --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
-        --customize-hook='touch -d @0 "$1/var/lib/apt/lists"' "${ca_hooks[@]}" \
+        --customize-hook='touch -d @0 "$1/var/lib/apt/lists"' "${debian_ca_hooks[@]}" \
         bookworm - "deb $DEBIAN_MIRROR bookworm main" \
         "deb $DEBIAN_MIRROR bookworm-updates main" \
         "deb $DEBIAN_SECURITY_MIRROR bookworm-security main" \
