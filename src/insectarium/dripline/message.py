@@ -218,8 +218,10 @@ def _dump_with_raw(payload: Any, *, ensure_ascii: bool) -> str:
         return json_default(value)
 
     text = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii, default=default)
-    marker = re.compile(f'"\\\\u0000{token}:([0-9]+)\\\\u0000"')
-    return marker.sub(lambda m: parts[int(m[1])], text)
+    # a marker as json.dumps writes it (NUL as \\u0000); a string of the payload that only
+    # looks like one (another token) stays as it is
+    marker = re.compile(r'"\\u0000([0-9a-f]{32}):([0-9]+)\\u0000"')
+    return marker.sub(lambda m: parts[int(m[2])] if m[1] == token else m[0], text)
 
 
 @dataclasses.dataclass
