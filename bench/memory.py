@@ -1,7 +1,8 @@
 """Resident memory (VmRSS, psutil) of each lab service process: after start, and after its load.
 
-"After start" is read the moment the service logs that it started; "after load" just before the
-benchmark that drove it (request round trip, ingest, runs) stops it.  Services that no other
+"After start" is read the moment the service logs that it started; "after <load>" once per load
+that a benchmark drove (request round trip, ingest, the lab's runs, the 100-endpoint snapshots),
+a second after it, each reading under the name of its load.  Services that no other
 selected benchmark started are started here, all six together, to get at least the first figure.
 """
 
@@ -37,16 +38,20 @@ def add_rows(report: Report, name: str, procs: list[ServiceProcess]) -> None:
                 "memory", f"{name} after start", "MiB", start, target, note=f"{len(start)} start(s)"
             )
         )
-    loaded = [(p.rss_last / MB, p.phase) for p in procs if p.rss_last and p.phase]
-    if loaded:
-        worst = max(loaded)
+    by_phase: dict[str, list[float]] = {}
+    for p in procs:
+        for phase, value in p.readings.items():
+            by_phase.setdefault(phase, []).append(value / MB)
+    for phase, values in by_phase.items():
+        # one row per load (e.g. the lab's runs, then the 100-endpoint snapshots): the figure
+        # read after that load, under its own name
         report.add(
             Row(
                 "memory",
-                f"{name} after load",
+                f"{name} after {phase}",
                 "MiB",
-                [worst[0]],
+                [max(values)],
                 target,
-                note=f"after {worst[1]}",
+                note=f"{len(values)} process(es), the largest",
             )
         )
