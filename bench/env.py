@@ -378,6 +378,8 @@ class ServiceProcess:
         self.phase = ""
         #: VmRSS read under each ``phase`` (the last reading of each), for the memory table
         self.readings: dict[str, int] = {}
+        #: VmRSS after each run of the ``runs`` benchmark (does a service grow run by run?)
+        self.per_run: list[int] = []
 
     @classmethod
     def dl_serve(cls, env: Environment, name: str, config: str, *overrides: str) -> ServiceProcess:

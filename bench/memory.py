@@ -8,6 +8,8 @@ selected benchmark started are started here, all six together, to get at least t
 
 from __future__ import annotations
 
+import itertools
+
 from .env import Environment, ServiceProcess
 from .results import Report, Row, at_most
 from .runs import LAB_SERVICES, start_lab, stop_lab
@@ -27,6 +29,11 @@ def run(env: Environment, report: Report, quick: bool, ingest_ran: bool) -> None
         if not procs:
             continue
         add_rows(report, spec.name, procs)
+
+
+#: what "stays flat over runs" allows per run: arena fragmentation moves a reading by a few
+#: hundred kB either way; the DAQ's suspected leak was 2.4 MiB per run
+GROWTH_LIMIT_MB = 0.5
 
 
 def add_rows(report: Report, name: str, procs: list[ServiceProcess]) -> None:
@@ -55,3 +62,29 @@ def add_rows(report: Report, name: str, procs: list[ServiceProcess]) -> None:
                 note=f"{len(values)} process(es), the largest",
             )
         )
+    for p in procs:
+        growth_row(report, name, p.per_run)
+
+
+def growth_row(report: Report, name: str, per_run: list[int]) -> None:
+    """Net VmRSS change per run from the second run to the last (the first run loads what runs
+    need once: the report renderer, worker threads); the run-to-run steps, which fragmentation
+    moves both ways, are in the note."""
+    if len(per_run) < 3:
+        return
+    steps = [(b - a) / MB for a, b in itertools.pairwise(per_run[1:])]
+    net = (per_run[-1] - per_run[1]) / MB / len(steps)
+    report.add(
+        Row(
+            "memory",
+            f"{name} RSS change per run",
+            "MiB",
+            [net],
+            at_most(GROWTH_LIMIT_MB, f"<= {GROWTH_LIMIT_MB} MiB/run"),
+            note=(
+                f"runs 2-{len(per_run)}: {per_run[1] / MB:.1f} -> {per_run[-1] / MB:.1f} MiB, "
+                f"steps {min(steps):+.2f} .. {max(steps):+.2f} (run 1: {per_run[0] / MB:.1f})"
+            ),
+            digits=2,
+        )
+    )
