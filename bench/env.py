@@ -376,6 +376,10 @@ class ServiceProcess:
         self._t0 = 0.0
         #: what load the process had when ``rss_last`` was read (memory benchmark)
         self.phase = ""
+        #: VmRSS read under each ``phase`` (the last reading of each), for the memory table
+        self.readings: dict[str, int] = {}
+        #: VmRSS after each run of the ``runs`` benchmark (does a service grow run by run?)
+        self.per_run: list[int] = []
 
     @classmethod
     def dl_serve(cls, env: Environment, name: str, config: str, *overrides: str) -> ServiceProcess:
@@ -450,6 +454,8 @@ class ServiceProcess:
         except psutil.Error:
             return None
         self.rss_last = value
+        if self.phase:
+            self.readings[self.phase] = value
         return value
 
     def cpu_s(self) -> float | None:
@@ -472,8 +478,7 @@ class ServiceProcess:
     def stop(self, timeout_s: float = 10.0) -> int | None:
         if self.proc is None:
             return None
-        if self.proc.poll() is None:
-            self.rss()
+        if self.proc.poll() is None:  # no RSS reading here: it would carry the last phase's name
             self.proc.terminate()
             try:
                 self.proc.wait(timeout_s)

@@ -1,11 +1,14 @@
 """Resident memory (VmRSS, psutil) of each lab service process: after start, and after its load.
 
-"After start" is read the moment the service logs that it started; "after load" just before the
-benchmark that drove it (request round trip, ingest, runs) stops it.  Services that no other
+"After start" is read the moment the service logs that it started; "after <load>" once per load
+that a benchmark drove (request round trip, ingest, the lab's runs, the 100-endpoint snapshots),
+a second after it, each reading under the name of its load.  Services that no other
 selected benchmark started are started here, all six together, to get at least the first figure.
 """
 
 from __future__ import annotations
+
+import itertools
 
 from .env import Environment, ServiceProcess
 from .results import Report, Row, at_most
@@ -28,6 +31,11 @@ def run(env: Environment, report: Report, quick: bool, ingest_ran: bool) -> None
         add_rows(report, spec.name, procs)
 
 
+#: what "stays flat over runs" allows per run: arena fragmentation moves a reading by a few
+#: hundred kB either way; the DAQ's suspected leak was 2.4 MiB per run
+GROWTH_LIMIT_MB = 0.5
+
+
 def add_rows(report: Report, name: str, procs: list[ServiceProcess]) -> None:
     target = at_most(LIMIT_MB, f"< {LIMIT_MB} MiB")
     start = [p.rss_start / MB for p in procs if p.rss_start]
@@ -37,16 +45,46 @@ def add_rows(report: Report, name: str, procs: list[ServiceProcess]) -> None:
                 "memory", f"{name} after start", "MiB", start, target, note=f"{len(start)} start(s)"
             )
         )
-    loaded = [(p.rss_last / MB, p.phase) for p in procs if p.rss_last and p.phase]
-    if loaded:
-        worst = max(loaded)
+    by_phase: dict[str, list[float]] = {}
+    for p in procs:
+        for phase, value in p.readings.items():
+            by_phase.setdefault(phase, []).append(value / MB)
+    for phase, values in by_phase.items():
+        # one row per load (e.g. the lab's runs, then the 100-endpoint snapshots): the figure
+        # read after that load, under its own name
         report.add(
             Row(
                 "memory",
-                f"{name} after load",
+                f"{name} after {phase}",
                 "MiB",
-                [worst[0]],
+                [max(values)],
                 target,
-                note=f"after {worst[1]}",
+                note=f"{len(values)} process(es), the largest",
             )
         )
+    for p in procs:
+        growth_row(report, name, p.per_run)
+
+
+def growth_row(report: Report, name: str, per_run: list[int]) -> None:
+    """Net VmRSS change per run from the second run to the last (the first run loads what runs
+    need once: the report renderer, worker threads); the run-to-run steps, which fragmentation
+    moves both ways, are in the note."""
+    if len(per_run) < 3:
+        return
+    steps = [(b - a) / MB for a, b in itertools.pairwise(per_run[1:])]
+    net = (per_run[-1] - per_run[1]) / MB / len(steps)
+    report.add(
+        Row(
+            "memory",
+            f"{name} RSS change per run",
+            "MiB",
+            [net],
+            at_most(GROWTH_LIMIT_MB, f"<= {GROWTH_LIMIT_MB} MiB/run"),
+            note=(
+                f"runs 2-{len(per_run)}: {per_run[1] / MB:.1f} -> {per_run[-1] / MB:.1f} MiB, "
+                f"steps {min(steps):+.2f} .. {max(steps):+.2f} (run 1: {per_run[0] / MB:.1f})"
+            ),
+            digits=2,
+        )
+    )

@@ -201,10 +201,23 @@ class Timings:
             self.samples.setdefault(what, []).append(ms)
 
 
+#: seconds between a run and the RSS reading after it (the services trim right after a job)
+SETTLE_S = 0.5
+
+
 async def measure_runs(
-    env: Environment, repeat: int, hour: tuple[str, str], t: Timings, tag: str
+    env: Environment,
+    repeat: int,
+    hour: tuple[str, str],
+    t: Timings,
+    tag: str,
+    procs: list[ServiceProcess] | None = None,
 ) -> None:
-    """start_timed_run, end_run, then take_snapshot over the loaded hour; first round warm-up."""
+    """start_timed_run, end_run, then take_snapshot over the loaded hour; first round warm-up.
+
+    With ``procs``, each one's VmRSS is recorded after every run (``per_run``), outside the
+    timed requests.
+    """
     async with interface(env) as dl:
         for r in range(-1, repeat):
             name = f"bench_{tag}_{r + 1}"
@@ -222,6 +235,11 @@ async def measure_runs(
             if r >= 0:
                 for what, (ms, error) in results:
                     t.add(what, ms, error)
+            if procs:
+                await asyncio.sleep(SETTLE_S)
+                for p in procs:
+                    if (value := p.rss()) is not None:
+                        p.per_run.append(value)
 
 
 async def measure_snapshot(
@@ -256,7 +274,7 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
     t = Timings()
     procs = start_lab(env, strict=True)
     try:
-        asyncio.run(measure_runs(env, reps, hour, t, "run"))
+        asyncio.run(measure_runs(env, reps, hour, t, "run", procs))
         # the resident size the services settle at after the load (they hand freed memory back
         # a moment after a large job, dripline/memory.py), not a reading taken mid-reply
         time.sleep(1.0)
@@ -282,7 +300,13 @@ def every_endpoint_snapshot(
         env, snap.name, snapshot_everything(env), *overrides_for(env, spec)
     )
     procs.append(every.start())
-    asyncio.run(measure_snapshot(env, min(reps, 3), hour, t))
+    n = min(reps, 3)
+    asyncio.run(measure_snapshot(env, n, hour, t))
+    time.sleep(1.0)  # as after the runs: the size the services settle at
+    for p in procs:
+        if p.name in (snap.name, "not-generic_daq"):  # the two that carried the snapshots
+            p.phase = f"{n} snapshots of {N_ENDPOINTS} endpoints"
+            p.rss()
 
 
 def add_rows(report: Report, t: Timings, load_s: float, quick: bool) -> None:

@@ -15,6 +15,7 @@ from insectarium.dripline.chunking import Delivery, Reassembler
 from insectarium.dripline.constants import NIL_UUID, MsgOp, MsgType
 from insectarium.dripline.message import (
     Message,
+    RawJSON,
     UInt32,
     decode,
     dump_payload,
@@ -92,6 +93,27 @@ def test_payload_is_compact_json_and_tolerates_python_types() -> None:
         }
     )
     assert body == '{"a":[1,2],"t":"2024-01-02T03:04:05.000006Z","d":1.5,"u":"ü"}'.encode()
+
+
+def test_raw_json_parts_are_spliced_in_as_they_are() -> None:
+    """Pre-rendered JSON (the snapshot service's) goes into the payload unparsed; strings of
+    the payload that look like the splicing markers, NUL characters and lone surrogates stay
+    what they are."""
+    raw = RawJSON('{"p":[{"v":1.0},{"v":NaN}],"s":"\\u00e9"}')
+    payload = {
+        "contents": raw,
+        "twice": [RawJSON("null"), RawJSON('"ü"')],
+        "fake": "\x00" + "ab" * 16 + ":0\x00",  # a marker of another token
+        "name": "ü",
+    }
+    body = dump_payload(payload)
+    assert body.startswith(b'{"contents":{"p":[{"v":1.0},{"v":NaN}],"s":"\\u00e9"},')
+    decoded = json.loads(body)
+    assert decoded["twice"] == [None, "ü"] and decoded["fake"] == payload["fake"]
+    assert decoded["contents"]["s"] == "é" and decoded["name"] == "ü"
+    lone = json.loads(dump_payload({"bad": "\ud800", "raw": RawJSON('"ü"')}))
+    assert lone == {"bad": "\ud800", "raw": "ü"}
+    assert repr(RawJSON("null")) == "RawJSON(4 characters)"
 
 
 def test_split_body_in_max_payload_pieces() -> None:

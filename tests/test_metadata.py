@@ -8,7 +8,7 @@ import pytest
 
 from insectarium.dripline import ReplyError
 from insectarium.services.daq import DAQService
-from insectarium.services.metadata import MDReceiver
+from insectarium.services.metadata import MDReceiver, write_new_file
 
 from .runtime_support import running, unique
 
@@ -95,3 +95,20 @@ async def test_symlink_out_of_the_data_directory_is_refused(receiver, client, tm
         await client.cmd(name, "write_json", [{"a": 1}, "link/f.json"])
     assert err.value.return_code.value == 304
     assert not (outside / "f.json").exists()
+
+
+def test_streamed_file_is_byte_identical_to_the_indented_dump(tmp_path) -> None:
+    """The file is encoded as it is written (no whole-document string in memory): the bytes
+    must be what ``json.dumps(indent=4, sort_keys=True)`` gave, for every kind of value."""
+    point = {"timestamp": "2026-03-01T12:00:00.000000Z", "value_raw": 0.1 + 0.2, "value_cal": None}
+    contents = {
+        "b": [point] * 3000,  # several write buffers' worth
+        "a": {"nan": float("nan"), "inf": float("-inf"), "s": "grüße \ud800 \x01", "n": [1, []]},
+    }
+    path = tmp_path / "d" / "x_snapshot.json"
+    write_new_file(path, contents)
+    expected = json.dumps(contents, indent=4, sort_keys=True, separators=(",", ":")) + "\n"
+    assert path.read_bytes() == expected.encode("utf-8")
+    with pytest.raises(FileExistsError):
+        write_new_file(path, {"other": 1})
+    assert path.read_bytes() == expected.encode("utf-8")

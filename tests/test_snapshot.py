@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Any
 
 import psycopg
@@ -164,3 +165,56 @@ async def test_database_away_is_1200_and_the_service_survives(
             assert err.value.return_code.value == 1200
             assert "cannot connect" in err.value.message
             assert "s3cret-password" not in err.value.message
+
+
+TRICKY_FLOATS = [1.0, -0.0, 0.1 + 0.2, 1e-7, 1e20, 123456789012345.0, 2.5e-300, -3.0]
+TRICKY_STRINGS = ['say "cheese"', "back\\slash", "tab\tnew\nline", "grüße ✓", "\x01"]
+
+
+async def test_snapshot_json_built_by_the_server_equals_the_values(
+    lab_database: str, amqp_url: str, client: Any
+) -> None:
+    """The server renders the snapshot as JSON text: every value must come back exactly as
+    the Python path gave it — floats as floats (``1.0`` not ``1``), NaN and infinities, text
+    with quotes, escapes and non-ASCII, JSON values — and in time order."""
+    floats = [*TRICKY_FLOATS, math.nan, math.inf, -math.inf]
+    docs = [{"a": [1, 2.5, None]}, "just text", 7, [], {"ü": {"x": True}}]
+    with psycopg.connect(lab_database, autocommit=True) as conn:
+        ids = dict(conn.execute("SELECT endpoint_name, endpoint_id FROM endpoint_id_map"))
+        for i, v in enumerate(floats):
+            conn.execute(
+                "INSERT INTO endpoint_numeric_data (endpoint_id, timestamp, value_raw, value_cal) "
+                "VALUES (%s, %s, %s, %s)",
+                (ids["peaches"], T0 + dt.timedelta(seconds=i), v, None if i % 2 else -v),
+            )
+        for i, text in enumerate(TRICKY_STRINGS):
+            conn.execute(
+                "INSERT INTO endpoint_string_data (endpoint_id, timestamp, value_raw) "
+                "VALUES (%s, %s, %s)",
+                (ids["cheese"], T0 + dt.timedelta(seconds=i), text),
+            )
+        for i, doc in enumerate(docs):
+            conn.execute(
+                "INSERT INTO endpoint_json_data (endpoint_id, timestamp, value_raw) "
+                "VALUES (%s, %s, %s)",
+                (ids["recipe"], T0 + dt.timedelta(seconds=i), psycopg.types.json.Jsonb(doc)),
+            )
+    snap = SQLSnapshot(unique("sc_snapshot"), target_items=["peaches", "cheese", "recipe"])
+    metadata = Recorder(unique("metadata"))
+    async with running(snapshot_service(lab_database, amqp_url, snap, metadata)):
+        summary = await client.cmd(
+            snap.name, "take_snapshot", [ts(1), ts(60), metadata.name, "/tmp/y_snapshot.json"]
+        )
+    contents = metadata.calls[0]["contents"]
+    n = len(floats) + len(TRICKY_STRINGS) + len(docs)  # all in the window but second 0 ...
+    assert summary == {**summary, "endpoints": 3, "values": n}  # ... which is the latest before
+    peaches = contents["peaches"]
+    assert [p["timestamp"] for p in peaches] == [ts(i) for i in range(len(floats))]
+    for point, v in zip(peaches, floats, strict=True):
+        raw = point["value_raw"]
+        assert type(raw) is float
+        assert (math.isnan(raw) and math.isnan(v)) or (raw == v and str(raw) == str(v))
+    assert peaches[1]["value_cal"] is None and str(peaches[0]["value_cal"]) == "-1.0"
+    assert [p["value_raw"] for p in contents["cheese"]] == TRICKY_STRINGS
+    assert [p["value_cal"] for p in contents["cheese"]] == [None] * len(TRICKY_STRINGS)
+    assert [p["value_raw"] for p in contents["recipe"]] == docs

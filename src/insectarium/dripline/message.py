@@ -21,6 +21,7 @@ import decimal
 import getpass
 import json
 import os
+import re
 import socket
 import sys
 import uuid
@@ -140,8 +141,32 @@ def sender_info(service_name: str = "unknown") -> dict[str, Any]:
     return {**_SENDER_CACHE, "service_name": service_name}
 
 
+class RawJSON:
+    """JSON text that a payload carries as it is, without being parsed and encoded again.
+
+    For large documents built elsewhere, e.g. a snapshot that PostgreSQL renders as JSON text:
+    as Python objects, its 360 000 values would cost the sender ~100 MB of short-lived dicts
+    (whose freed arenas stay resident) and twice the CPU.  The text must be valid JSON; the
+    receiver parses it like any other payload.
+    """
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"RawJSON({len(self.text)} characters)"
+
+
+class _HasRawJSON(Exception):
+    """Raised by :func:`json_default` so that :func:`dump_payload` takes the splicing path."""
+
+
 def json_default(value: Any) -> Any:
     """Make common Python values JSON-able instead of failing the whole reply."""
+    if isinstance(value, RawJSON):
+        raise _HasRawJSON
     if isinstance(value, dt.datetime):
         return format_timestamp(value)
     if isinstance(value, dt.date | dt.time):
@@ -163,11 +188,40 @@ def dump_payload(payload: Any) -> bytes:
     A string holding a lone surrogate (JSON allows ``"\\ud800"``, UTF-8 cannot carry it) is
     written as the same ``\\u`` escape it arrived as, instead of failing the whole message.
     """
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=json_default)
+    try:
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, default=json_default)
+    except _HasRawJSON:
+        text = _dump_with_raw(payload, ensure_ascii=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return json.dumps(payload, separators=(",", ":"), default=json_default).encode("ascii")
+        try:
+            text = json.dumps(payload, separators=(",", ":"), default=json_default)
+        except _HasRawJSON:
+            text = _dump_with_raw(payload, ensure_ascii=True)
+        return text.encode("utf-8")  # ASCII but for RawJSON parts
+
+
+def _dump_with_raw(payload: Any, *, ensure_ascii: bool) -> str:
+    """Compact JSON of a payload holding :class:`RawJSON` parts, each spliced in as it is.
+
+    Each part is first written as a marker string holding a random token (so no string of the
+    payload can be taken for one), then the marker is replaced by the part's text.
+    """
+    token = uuid.uuid4().hex
+    parts: list[str] = []
+
+    def default(value: Any) -> Any:
+        if isinstance(value, RawJSON):
+            parts.append(value.text)
+            return f"\x00{token}:{len(parts) - 1}\x00"
+        return json_default(value)
+
+    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=ensure_ascii, default=default)
+    # a marker as json.dumps writes it (NUL as \\u0000); a string of the payload that only
+    # looks like one (another token) stays as it is
+    marker = re.compile(r'"\\u0000([0-9a-f]{32}):([0-9]+)\\u0000"')
+    return marker.sub(lambda m: parts[int(m[2])] if m[1] == token else m[0], text)
 
 
 @dataclasses.dataclass

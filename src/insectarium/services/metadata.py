@@ -61,9 +61,8 @@ class MDReceiver(Endpoint):
         if contents is None or (isinstance(contents, dict | list | str) and not contents):
             raise ThrowReply("service_error_bad_payload", "no contents to write")
         path = self._resolve(filename)
-        text = json.dumps(contents, indent=4, sort_keys=True, separators=(",", ":"), default=str)
         try:
-            await asyncio.to_thread(write_new_file, path, text + "\n")
+            await asyncio.to_thread(write_new_file, path, contents)
         except FileExistsError:
             raise ThrowReply(
                 "resource_error", f"file {path} already exists: not overwritten"
@@ -77,19 +76,28 @@ class MDReceiver(Endpoint):
         return str(path)
 
 
-def write_new_file(path: Path, text: str) -> None:
-    """Create ``path`` with ``text``, atomically, never replacing an existing file.
+#: write buffer of the JSON file: the indenting encoder yields millions of small pieces
+WRITE_BUFFER = 1 << 20
 
-    The text goes to a temporary file in the same directory, which is then hard-linked to the
-    final name: ``link`` fails if the name exists, so there is no check-then-write race.
+
+def write_new_file(path: Path, contents: Any) -> None:
+    """Create ``path`` with ``contents`` as indented JSON, atomically, never replacing an
+    existing file.
+
+    The JSON is streamed into the file as it is encoded (``indent`` has no C encoder, and
+    ``json.dumps`` holds every piece before joining them: ~300 MB extra at the peak for a
+    360 000-value snapshot, against ~1 MB of buffer here; same bytes, same CPU).  It goes to a
+    temporary file in the same directory, which is then hard-linked to the final name:
+    ``link`` fails if the name exists, so there is no check-then-write race.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         raise FileExistsError(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            out.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8", buffering=WRITE_BUFFER) as out:
+            json.dump(contents, out, indent=4, sort_keys=True, separators=(",", ":"), default=str)
+            out.write("\n")
             out.flush()
             os.fsync(out.fileno())
         os.chmod(tmp, 0o644)

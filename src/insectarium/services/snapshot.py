@@ -16,6 +16,13 @@ when the window opened), and sends ``{"contents": snapshot, "filename": filename
   (``on_unknown_target: skip`` logs a warning and leaves it out instead);
 * ``target_items`` empty or absent means every endpoint of ``endpoint_id_map``.
 
+The snapshot itself is rendered as JSON text by PostgreSQL (one aggregated string per endpoint)
+and passed on as :class:`~insectarium.dripline.message.RawJSON`: a snapshot of 100 endpoints over
+an hour (360 000 values) would otherwise be 360 000 row tuples and dicts in this process — seconds
+of CPU and ~100 MB of short-lived objects whose freed memory partly stays resident (bench
+``runs``/``memory``).  Numbers keep Python's JSON form (``1.0``, ``NaN``, ``Infinity``), so the
+written file is what the Python path wrote before.
+
 Queries follow performance-notes.md: the window is one indexed range scan per type table, the
 latest values one ``LATERAL … ORDER BY timestamp DESC LIMIT 1`` per endpoint, both using the
 ``(endpoint_id, timestamp)`` primary key.
@@ -24,6 +31,7 @@ latest values one ``LATERAL … ORDER BY timestamp DESC LIMIT 1`` per endpoint, 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 from typing import Any, Literal
@@ -32,7 +40,7 @@ from psycopg import sql
 
 from ..dripline import Endpoint, ThrowReply
 from ..dripline.memory import release_soon
-from ..dripline.message import parse_timestamp
+from ..dripline.message import RawJSON, parse_timestamp
 from .postgres import (
     DEFAULT_DATA_TABLES,
     PostgreSQLService,
@@ -118,6 +126,73 @@ class SQLSnapshot(Endpoint):
                 raise ThrowReply("database_error", f"snapshot targets {text}")
             log.warning("snapshot skips targets %s", text)
         return {mapped[n][0]: (n, mapped[n][1]) for n in wanted if n in mapped}
+
+    def _point_text(self, kind: str, alias: str = "") -> sql.Composable:
+        """SQL expression: one value as the JSON text of a snapshot point.
+
+        ``{"timestamp":"…","value_raw":…,"value_cal":…}`` (the configured payload fields), with
+        floats written as Python's ``json`` writes them (``1.0`` rather than PostgreSQL's ``1``;
+        ``NaN``/``Infinity`` bare), text as JSON strings and JSON values as they are.
+        """
+        prefix = sql.SQL(alias + ".") if alias else sql.SQL("")
+        parts: list[sql.Composable] = [
+            sql.SQL("""{} || to_char({}"timestamp", {}) || '"'""").format(
+                sql.Literal('{"timestamp":"'), prefix, sql.Literal(SQL_TIME_FORMAT)
+            )
+        ]
+        for f in self.payload_fields:
+            column = sql.SQL("{}{}").format(prefix, sql.Identifier(f))
+            if kind == "numeric":
+                value = sql.SQL(
+                    "CASE WHEN {c} IS NULL THEN 'null' "
+                    "WHEN {c}::text ~ '^-?[0-9]+$' THEN {c}::text || '.0' "
+                    "ELSE {c}::text END"
+                ).format(c=column)
+            else:  # text → JSON string, jsonb → its JSON text
+                value = sql.SQL("coalesce(to_json({c})::text, 'null')").format(c=column)
+            parts.append(sql.SQL("{} || {}").format(sql.Literal(f",{json.dumps(f)}:"), value))
+        parts.append(sql.Literal("}"))
+        return sql.SQL("(") + sql.SQL(" || ").join(parts) + sql.SQL(")")
+
+    async def _log_texts(
+        self, conn: Any, targets: dict[int, tuple[str, str]], start: dt.datetime, end: dt.datetime
+    ) -> dict[str, tuple[int, str]]:
+        """Per endpoint name: how many values are in the window, and their points as JSON text
+        (comma-separated, in time order), built by the server."""
+        out: dict[str, tuple[int, str]] = {}
+        for kind, table in self.tables.items():
+            ids = [i for i, (_n, t) in targets.items() if t == kind]
+            if not ids:
+                continue
+            query = sql.SQL(
+                "SELECT endpoint_id, count(*), string_agg({point}, ',' ORDER BY \"timestamp\") "
+                'FROM {table} WHERE endpoint_id = ANY(%s) AND "timestamp" BETWEEN %s AND %s '
+                "GROUP BY endpoint_id"
+            ).format(point=self._point_text(kind), table=table)
+            cur = await conn.execute(query, (ids, start, end))
+            for eid, count, text in await cur.fetchall():
+                out[targets[eid][0]] = (int(count), text)
+        return out
+
+    async def _latest_texts(
+        self, conn: Any, targets: dict[int, tuple[str, str]], before: dt.datetime
+    ) -> dict[str, str]:
+        """Per endpoint name: its newest point strictly before ``before``, as JSON text."""
+        out: dict[str, str] = {}
+        for kind, table in self.tables.items():
+            ids = [i for i, (_n, t) in targets.items() if t == kind]
+            if not ids:
+                continue
+            query = sql.SQL(
+                "SELECT e.id, {point} FROM unnest(%s::int[]) AS e(id) CROSS JOIN LATERAL ("
+                '  SELECT "timestamp", value_raw, value_cal FROM {table} '
+                '  WHERE endpoint_id = e.id AND "timestamp" < %s '
+                '  ORDER BY "timestamp" DESC LIMIT 1) AS l'
+            ).format(point=self._point_text(kind, alias="l"), table=table)
+            cur = await conn.execute(query, (ids, before))
+            for eid, text in await cur.fetchall():
+                out[targets[eid][0]] = text
+        return out
 
     def _point(self, stamp: str, raw: Any, cal: Any) -> dict[str, Any]:
         point: dict[str, Any] = {"timestamp": stamp}
@@ -205,30 +280,41 @@ class SQLSnapshot(Endpoint):
             except Exception as exc:
                 raise database_error(db, exc, "reading latest values") from None
 
-    async def snapshot(self, start: str, end: str) -> dict[str, list[dict[str, Any]]]:
-        """The snapshot contents: latest before ``start`` first, then the window, per endpoint."""
+    async def snapshot(self, start: str, end: str) -> RawJSON:
+        """The snapshot contents (``{endpoint: [point, …]}``, JSON): latest before ``start``
+        first, then the window, per endpoint."""
+        contents, _endpoints, _values = await self._snapshot(start, end)
+        return contents
+
+    async def _snapshot(self, start: str, end: str) -> tuple[RawJSON, int, int]:
+        """The contents as JSON text, and how many endpoints and values it holds."""
         begin, finish = self._window(start, end)
         db = self._db()
         async with db.connection() as conn:
             try:
                 async with conn.transaction():  # one consistent view of the tables
+                    # shortest exact float text (PostgreSQL >= 12; a role may have lowered it)
+                    await conn.execute("SET LOCAL extra_float_digits = 1")
                     targets = await self._targets(conn, self.target_items)
-                    latest = await self._latest(conn, targets, begin)
-                    logs = await self._logs(conn, targets, begin, finish)
+                    latest = await self._latest_texts(conn, targets, begin)
+                    logs = await self._log_texts(conn, targets, begin, finish)
             except ThrowReply:
                 raise
             except Exception as exc:
                 raise database_error(db, exc, "taking a snapshot") from None
-        contents: dict[str, list[dict[str, Any]]] = {}
+        entries: list[str] = []
+        values = 0
         for name, _kind in sorted(targets.values()):
-            values = ([latest[name]] if name in latest else []) + logs.get(name, [])
-            if values:
-                contents[name] = values
+            count, window = logs.get(name, (0, ""))
+            points = [p for p in (latest.get(name), window) if p]
+            if points:
+                entries.append(f"{json.dumps(name)}:[{','.join(points)}]")
+                values += count + (name in latest)
             else:
                 log.warning("snapshot %s..%s: no value at all for %s", start, end, name)
-        if not contents:
+        if not entries:
             log.critical("snapshot %s..%s is empty: no logged values for any target", start, end)
-        return contents
+        return RawJSON("{" + ",".join(entries) + "}"), len(entries), values
 
     async def take_snapshot(
         self,
@@ -241,12 +327,12 @@ class SQLSnapshot(Endpoint):
 
         Without a ``metadata_target`` the snapshot itself is returned (handy from dl-agent).
         """
-        contents = await self.snapshot(start, end)
+        contents, endpoints, values = await self._snapshot(start, end)
         summary: dict[str, Any] = {
             "start": start,
             "end": end,
-            "endpoints": len(contents),
-            "values": sum(len(v) for v in contents.values()),
+            "endpoints": endpoints,
+            "values": values,
         }
         if not metadata_target:
             return {**summary, "contents": contents}
