@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+import aiormq
+from aio_pika.abc import AbstractQueue
 
-from .chunking import Delivery, Reassembler
+from .chunking import Reassembler
 from .config import Authentication, MeshConfig, load_mesh
-from .connection import Connection, UnroutableError
+from .connection import Connection, UnroutableError, delivery_of
 from .constants import MsgOp
 from .message import Message, local_reply
 from .return_codes import ThrowReply
@@ -108,7 +109,9 @@ class Interface:
                 name, exclusive=True, auto_delete=True, durable=False
             )
             await queue.bind(self.mesh.requests_exchange, routing_key=name)
-            self._consumer_tag = await queue.consume(self._on_delivery, no_ack=True, exclusive=True)
+            self._consumer_tag = await self._connection.consume(
+                queue.name, self._on_delivery, no_ack=True, exclusive=True
+            )
             self._reply_queue = queue
 
     async def close(self) -> None:
@@ -116,16 +119,16 @@ class Interface:
         if self._reply_queue is not None and not self._owns_connection:
             # on a shared connection the queue must go explicitly; on our own, closing does it
             with contextlib.suppress(Exception):
-                if self._consumer_tag:
-                    await self._reply_queue.cancel(self._consumer_tag)
+                if self._consumer_tag and self._connection is not None:
+                    await self._connection.cancel(self._consumer_tag)
                 await self._reply_queue.delete(if_unused=False, if_empty=False)
         self._reply_queue = None
         if self._owns_connection and self._connection is not None:
             await self._connection.close()
             self._connection = None
 
-    async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        await self._reassembler.feed(Delivery.from_incoming(incoming))
+    async def _on_delivery(self, incoming: aiormq.abc.DeliveredMessage) -> None:
+        await self._reassembler.feed(delivery_of(incoming))
 
     async def _on_reply(self, reply: Message) -> None:
         waiting = self._waiting.get(reply.correlation_id)

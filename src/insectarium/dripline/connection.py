@@ -32,12 +32,14 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
+from .chunking import Delivery
 from .config_files import Credentials, tls_context
 from .errors import (
     BrokerUnavailable,
@@ -58,6 +60,9 @@ if TYPE_CHECKING:  # a QuickMesh does as well (dl-mon reads its mesh without pyd
     from .quick_mesh import QuickMesh
 
 log = logging.getLogger(__name__)
+
+#: a consumer of :meth:`Connection.consume`: gets aiormq's delivery as it arrives
+RawConsumer = Callable[[aiormq.abc.DeliveredMessage], Awaitable[Any]]
 
 __all__ = [
     "BROKER_ERRORS",
@@ -161,6 +166,10 @@ class Connection:
         self.reminder_interval = REPORT_INTERVAL_S
         self._lost_at: float | None = None
         self._reminder: asyncio.Task[None] | None = None
+        #: consumers started with :meth:`consume` (tag -> queue name, callback, options),
+        #: consumed again on the restored channel after each reconnection
+        self._consumers: dict[str, tuple[str, RawConsumer, dict[str, Any]]] = {}
+        self._restoring: asyncio.Task[None] | None = None
 
     @property
     def url_for_humans(self) -> str:
@@ -298,6 +307,9 @@ class Connection:
             self._reminder.cancel()
             self._reminder = None
         self.connected.set()
+        if self._consumers:
+            with contextlib.suppress(RuntimeError):
+                self._restoring = asyncio.get_running_loop().create_task(self._restore_consumers())
         for callback in list(self.on_reconnected):
             callback()
 
@@ -314,7 +326,54 @@ class Connection:
                 _ReconnectChatter.last_error or "no answer",
             )
 
+    # ----------------------------------------------------------------- consuming
+    async def consume(
+        self,
+        queue: str,
+        callback: RawConsumer,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str | None = None,
+    ) -> str:
+        """Consume ``queue`` on the request channel, ``callback`` getting aiormq's delivery.
+
+        aio-pika's ``Queue.consume`` wraps every delivery in an ``IncomingMessage`` (some 28
+        attribute sets) and runs the callback in a second task; a dripline peer needs neither
+        (:func:`delivery_of` takes what the codec reads).  The queue itself stays aio-pika's
+        robust one (declared and bound again after a reconnection); the consumer is restored
+        here, on the restored channel, under its old tag.
+        """
+        assert self.channel is not None
+        underlay = await self.channel.get_underlay_channel()
+        options = {"no_ack": no_ack, "exclusive": exclusive}
+        ok = await underlay.basic_consume(queue, callback, consumer_tag=consumer_tag, **options)
+        tag = ok.consumer_tag
+        assert tag is not None
+        self._consumers[tag] = (queue, callback, options)
+        return tag
+
+    async def cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer started with :meth:`consume` (and forget it for reconnections)."""
+        self._consumers.pop(consumer_tag, None)
+        if self.channel is not None and not self.channel.is_closed:
+            underlay = await self.channel.get_underlay_channel()
+            await underlay.basic_cancel(consumer_tag)
+
+    async def _restore_consumers(self) -> None:
+        """After aio-pika restored channels, queues and bindings: our consumers again."""
+        for tag, (queue, callback, options) in list(self._consumers.items()):
+            try:
+                assert self.channel is not None
+                underlay = await self.channel.get_underlay_channel()
+                await underlay.basic_consume(queue, callback, consumer_tag=tag, **options)
+            except Exception as exc:
+                log.error("could not consume %s again after reconnecting: %s", queue, exc)
+
     async def close(self) -> None:
+        if self._restoring is not None:
+            self._restoring.cancel()
+            self._restoring = None
         if self._reminder is not None:
             self._reminder.cancel()
             self._reminder = None
@@ -403,6 +462,20 @@ class Connection:
                     f"broker refused {msg.routing_key!r} on exchange {exchange.name!r} "
                     f"for user {self._credentials.username!r}: {text}"
                 ) from None
+
+
+def delivery_of(message: aiormq.abc.DeliveredMessage) -> Delivery:
+    """What the codec reads of an aiormq delivery (see :meth:`Connection.consume`)."""
+    props = message.header.properties
+    return Delivery(
+        body=message.body,
+        headers=props.headers or {},
+        routing_key=message.delivery.routing_key or "",
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        content_encoding=props.content_encoding,
+        message_id=props.message_id,
+    )
 
 
 def _warn_multi_chunk(msg: Message, chunks: int, max_payload_size: int) -> None:
