@@ -228,6 +228,9 @@ class Connection:
         )
         self.channel = await self.connection.channel(publisher_confirms=False)
         self.channel.close_callbacks.add(self._on_channel_close)
+        # reopened after a reconnection, or after the broker closed it (a refused reply):
+        # aio-pika has restored its queues by then, our consumers are restored here
+        self.channel.reopen_callbacks.add(self._on_channel_reopen)
         # returns raise too: a kept alert is replayed *mandatory* (see .outbox)
         self.alerts_channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -307,9 +310,6 @@ class Connection:
             self._reminder.cancel()
             self._reminder = None
         self.connected.set()
-        if self._consumers:
-            with contextlib.suppress(RuntimeError):
-                self._restoring = asyncio.get_running_loop().create_task(self._restore_consumers())
         for callback in list(self.on_reconnected):
             callback()
 
@@ -360,15 +360,30 @@ class Connection:
             underlay = await self.channel.get_underlay_channel()
             await underlay.basic_cancel(consumer_tag)
 
+    def _on_channel_reopen(self, _channel: Any) -> None:
+        if self._consumers:
+            self._restoring = asyncio.get_running_loop().create_task(self._restore_consumers())
+
+    def _on_consumer_cancel(self, frame: Any) -> None:
+        """The broker cancelled one of our consumers (its queue was deleted): recover the
+        connection, as aio-pika does for its own consumers, so the queue comes back."""
+        if frame.consumer_tag in self._consumers and self.connection is not None:
+            log.warning("the broker cancelled consuming %s; recovering", frame.consumer_tag)
+            recover = getattr(self.connection, "_request_recovery", None)
+            if recover is not None:
+                recover()
+
     async def _restore_consumers(self) -> None:
-        """After aio-pika restored channels, queues and bindings: our consumers again."""
+        """After aio-pika reopened the channel and restored its queues and bindings (after a
+        reconnection or a channel error): our consumers again, under their old tags."""
         for tag, (queue, callback, options) in list(self._consumers.items()):
             try:
                 assert self.channel is not None
                 underlay = await self.channel.get_underlay_channel()
                 await underlay.basic_consume(queue, callback, consumer_tag=tag, **options)
+                underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
             except Exception as exc:
-                log.error("could not consume %s again after reconnecting: %s", queue, exc)
+                log.error("could not consume %s again after its channel reopened: %s", queue, exc)
 
     async def close(self) -> None:
         if self._restoring is not None:
