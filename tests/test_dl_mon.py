@@ -140,3 +140,42 @@ def test_dl_mon_keeps_listening_across_a_broker_restart(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+def test_an_idle_listener_keeps_its_connection_with_heartbeats(
+    amqp_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """With a 1 s heartbeat the broker drops a silent client after ~2 s: the listener beats
+    while idle, stays connected and still gets what arrives afterwards."""
+    import logging
+    import threading
+
+    from insectarium.dripline.listener import Listener
+    from insectarium.dripline.oneshot import OneShotClient
+
+    from .runtime_support import auth_for, mesh_for
+
+    caplog.set_level(logging.WARNING)
+    mesh, creds = mesh_for(amqp_url), auth_for(amqp_url).dripline
+    key = f"sensor_value.{unique('idle')}"
+    listener = Listener(mesh, creds, [(mesh.alerts_exchange, key)], heartbeat_s=1)
+    listener.start()
+    seen: list[Message] = []
+
+    def on_message(msg: Message) -> None:
+        seen.append(msg)
+        listener.stop()
+
+    thread = threading.Thread(target=listener.run, args=(on_message,), daemon=True)
+    thread.start()
+    try:
+        time.sleep(5)
+        with OneShotClient(mesh, creds, name="t") as sender:
+            sender.publish(Message.alert(key, {"value_raw": 3.25}, sender="t"))
+        thread.join(15)
+        assert not thread.is_alive()
+    finally:
+        listener.stop()
+        listener.close()
+    assert [m.payload for m in seen] == [{"value_raw": 3.25}]
+    assert not [r for r in caplog.records if "lost connection" in r.getMessage()]
