@@ -407,6 +407,15 @@ class Connection:
         The chunk goes to the (robust) channel's current aiormq channel, as
         ``Exchange.publish`` does, but with the properties our codec made (no
         ``aio_pika.Message`` per message).
+
+        Without ``wait``: aiormq's default makes every publish wait until its writer has
+        flushed the socket, so with many requests in flight each frame went out in a write of
+        its own, with two more wake-ups per message; queued, the writer sends what is waiting
+        in one write (measured: ~100 µs less CPU per request at each end, 16 in flight).
+        Nothing is weaker for it: a confirmed publish still returns only once the broker has
+        confirmed it; a reply was never confirmed (a lost connection loses it either way, and
+        is reported as such); and memory stays bounded by aiormq's bounded frame queue and, for
+        a service, by its prefetch (deliveries stop while the broker does not read our acks).
         """
         for attempt in range(1, 6):
             try:
@@ -420,6 +429,9 @@ class Connection:
                     routing_key=key,
                     properties=properties,
                     mandatory=mandatory,
+                    # queue the frames for aiormq's writer without waiting until it has
+                    # drained the socket: see the docstring
+                    wait=False,
                 )
                 return
             except aiormq.exceptions.ChannelInvalidStateError:

@@ -346,7 +346,9 @@ class Service(Endpoint):
             log.exception("failed to process a delivery; acknowledged and dropped")
         finally:
             with contextlib.suppress(Exception):
-                await incoming.channel.basic_ack(incoming.delivery.delivery_tag)
+                # queued behind the reply, in order, without waiting for the socket to drain
+                # (as the reply itself, see Connection._publish_chunk)
+                await incoming.channel.basic_ack(incoming.delivery.delivery_tag, wait=False)
 
     def route(self, routing_key: str) -> Endpoint | None:
         first = routing_key.split(".", 1)[0]
