@@ -112,6 +112,8 @@ def monitor(args: argparse.Namespace) -> int:
 
     def show(msg: Any) -> None:
         nonlocal seen, console
+        if args.count and seen >= args.count:
+            return  # -n N shows exactly N, even if more were already read
         seen += 1
         if args.json_print or args.pretty_print:
             print(
