@@ -254,8 +254,10 @@ def _timed(
     return wall, cpu, out
 
 
-def _mon_ready_ms(mon: str, env: dict[str, str]) -> float:
-    """``dl-mon -a …`` from launch to its "listening" line (bound and consuming), in ms."""
+def _mon_ready_ms(mon: str, env: dict[str, str]) -> tuple[float, float]:
+    """``dl-mon -a …`` from launch to its "listening" line (bound and consuming), in ms; and
+    the CPU ms of the whole process (launch, listening, then a clean exit on SIGTERM)."""
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [mon, "-a", "bench_startup.#"],
@@ -270,10 +272,11 @@ def _mon_ready_ms(mon: str, env: dict[str, str]) -> float:
         ready = (time.perf_counter() - t0) * 1000
         if "listening" not in line:
             raise NotRunnable(f"dl-mon did not start: {line.strip()} {proc.stderr.read()[:300]}")
-        return ready
     finally:
         proc.terminate()
         proc.wait(10)
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ready, (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) * 1000
 
 
 def run_startup(env: Environment, sz: Sizes) -> list[Row]:
@@ -283,7 +286,7 @@ def run_startup(env: Environment, sz: Sizes) -> list[Row]:
     agent, dragonfly, mon = env.tool("dl-agent"), env.tool("dragonfly"), env.tool("dl-mon")
     child = env.child_env()
     wall: dict[str, list[float]] = {k: [] for k in ("agent", "dragonfly", "mon", "bare")}
-    cpu: dict[str, list[float]] = {k: [] for k in ("agent", "dragonfly", "bare")}
+    cpu: dict[str, list[float]] = {k: [] for k in ("agent", "dragonfly", "mon", "bare")}
     for i in range(sz.agent_runs + 1):
         for key, argv in (
             ("agent", [agent, "get", "peaches"]),
@@ -296,9 +299,10 @@ def run_startup(env: Environment, sz: Sizes) -> list[Row]:
             if i:
                 wall[key].append(ms)
                 cpu[key].append(cpu_ms)
-        ms = _mon_ready_ms(mon, child)
+        ms, cpu_ms = _mon_ready_ms(mon, child)
         if i:
             wall["mon"].append(ms)
+            cpu["mon"].append(cpu_ms)
     b = "start-up (whole process)"
     bare = statistics.median(wall["bare"])
     n = f"median of {sz.agent_runs} after 1 warm-up"
@@ -309,6 +313,7 @@ def run_startup(env: Environment, sz: Sizes) -> list[Row]:
         Row(b, "dragonfly get peaches", "ms", wall["dragonfly"], target, note=n),
         Row(b, "dragonfly CPU", "ms", cpu["dragonfly"], note="user+sys of the process"),
         Row(b, "dl-mon until listening", "ms", wall["mon"], target, note="bound and consuming"),
+        Row(b, "dl-mon CPU", "ms", cpu["mon"], note="user+sys, launch to exit on SIGTERM"),
         Row(
             b,
             "python -c pass",
