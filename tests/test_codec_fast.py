@@ -6,6 +6,7 @@ import copy
 import datetime as dt
 import decimal
 
+import pytest
 from pamqp import encode as pamqp_encode
 from pamqp.commands import Basic
 from pamqp.header import ContentHeader
@@ -87,3 +88,57 @@ def test_plain_fast_path_keeps_every_conversion() -> None:
         "when": "2026-01-02T03:04:05.000006Z",
         "nested": {"list": ["x", {"k": 2}], "3": "int key"},
     }
+
+
+def _decode_header(headers_or_props: dict | Basic.Properties) -> dict:
+    """Marshal a content header frame as we publish it and decode it as aiormq does."""
+    from pamqp import frame
+
+    props = headers_or_props
+    if isinstance(props, dict):
+        props = Basic.Properties(headers=props)
+    return frame.unmarshal(frame.marshal(ContentHeader(0, 2, props), 1))[2].properties.headers
+
+
+def test_remembered_nested_tables_decode_as_pamqp_does_and_stay_untouched() -> None:
+    from pamqp import decode as pamqp_decode
+
+    props = amqp_chunks(Message.request("peaches", MsgOp.GET, {"x": [1]}, sender="memo"))[0][1]
+    memo = pamqp_decode.TABLE_MAPPING[b"F"]
+    assert getattr(memo, "_dripline_memo", False)
+    first, second = _decode_header(props), _decode_header(props)
+    # what pamqp itself makes of the same bytes (its own table decoder, nothing remembered)
+    pamqp_decode.TABLE_MAPPING[b"F"] = pamqp_decode.field_table
+    try:
+        plain = _decode_header(props)
+    finally:
+        pamqp_decode.TABLE_MAPPING[b"F"] = memo
+    assert first == second == plain
+    assert first["sender_info"]["service_name"] == "memo"
+    # every caller gets its own copy: changing one changes neither the next nor the memo
+    first["sender_info"]["versions"]["dripline"]["version"] = "changed"
+    first["sender_info"]["hostname"] = "changed"
+    third = _decode_header(props)
+    assert third == plain and third["sender_info"] is not second["sender_info"]
+
+
+def test_the_nested_table_memo_is_bounded() -> None:
+    from insectarium.dripline import message
+
+    for i in range(3 * message.TABLE_MEMO_ENTRIES):
+        props = amqp_chunks(Message.request("peaches", MsgOp.GET, {}, sender=f"memo{i}"))[0][1]
+        assert _decode_header(props)["sender_info"]["service_name"] == f"memo{i}"
+        assert len(message._TABLE_MEMO) <= message.TABLE_MEMO_ENTRIES
+    # a table above the size limit is decoded, never remembered
+    message._TABLE_MEMO.clear()
+    big = {"sender_info": {"exe": "x" * (message.TABLE_MEMO_MAX_BYTES + 10)}}
+    assert _decode_header(big) == big
+    assert not message._TABLE_MEMO
+    # a table that claims more bytes than there are is pamqp's error, as before
+    from pamqp import decode as pamqp_decode
+
+    bad = b"\x00\x00\x10\x00abc"
+    with pytest.raises(ValueError, match="exceeds available data"):
+        pamqp_decode.TABLE_MAPPING[b"F"](bad)
+    with pytest.raises(ValueError, match="exceeds available data"):
+        pamqp_decode.field_table(bad)

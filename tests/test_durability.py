@@ -210,3 +210,39 @@ async def test_an_outage_is_reported_in_a_few_lines(
     assert not any("scheduled logging paused" in t or "heartbeats paused" in t for t in text)
     # the whole outage in a handful of lines besides the reminders (a page per attempt before)
     assert len(warnings) - reminders <= 5, text
+
+
+async def test_requests_and_replies_flow_again_after_a_broker_restart(
+    broker: Any, amqp_url: str
+) -> None:
+    """The service's request consumer and both reply consumers (a client of its own and the
+    service's internal one) are consumed again on the restored channels after an outage."""
+    from insectarium.dripline import Interface
+
+    service = Service(
+        unique("again"), dripline_mesh=mesh_for(amqp_url), authentication=auth_for(amqp_url)
+    )
+    name = f"{service.name}_v"
+    service.add_endpoint(KeyValueStore(name, initial_value=2.5))
+    client = Interface(
+        dripline_mesh=mesh_for(amqp_url), authentication=auth_for(amqp_url), timeout_s=2
+    )
+    async with running(service), client:
+        assert (await client.get(name))["value_raw"] == 2.5
+        assert (await service.get(name))["value_raw"] == 2.5
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(1)
+        await asyncio.to_thread(broker.start)
+        await eventually(service.connection.connected.is_set, timeout=60)
+        await eventually(client.connection.connected.is_set, timeout=60)
+
+        async def answered(via: Any) -> bool:
+            try:
+                return (await via.get(name, timeout_s=1))["value_raw"] == 2.5
+            except Exception:
+                return False
+
+        await eventually(lambda: answered(client), timeout=30, interval=0.5)
+        await eventually(lambda: answered(service), timeout=30, interval=0.5)
+        replies = await asyncio.gather(*(client.get(name) for _ in range(20)))
+        assert [r["value_raw"] for r in replies] == [2.5] * 20

@@ -434,3 +434,28 @@ async def test_multi_chunk_warning_is_one_accurate_line_per_process(
     assert len(lines) == 1, lines
     assert lines[0].startswith(f"alert status_message.{name}.notice goes out in 3 chunks")
     assert "dl-mon on requests and alerts" in lines[0] and "once per process" in lines[0]
+
+
+async def test_a_service_serves_on_after_the_broker_closed_its_channel(
+    mesh: Any, auth: Any, client: Interface
+) -> None:
+    """A channel error (e.g. a reply the broker refuses) makes the broker close the channel
+    the service consumes on; it is reopened, and the request consumer with it."""
+    name = unique("reopen")
+    service = Service(name, dripline_mesh=mesh, authentication=auth)
+    service.add_endpoint(KeyValueStore(f"{name}_v", initial_value=7))
+    async with running(service):
+        assert (await client.get(f"{name}_v"))["value_raw"] == 7
+        assert service.connection is not None and service.connection.channel is not None
+        underlay = await service.connection.channel.get_underlay_channel()
+        # publishing to an exchange that does not exist: the broker closes the channel (404)
+        await underlay.basic_publish(b"{}", exchange=unique("no_such_exchange"), routing_key="k")
+
+        async def answered() -> bool:
+            try:
+                return (await client.get(f"{name}_v", timeout_s=1))["value_raw"] == 7
+            except ReplyError:
+                return False
+
+        await eventually(answered, timeout=20, interval=0.2)
+        assert underlay.is_closed  # it really was another channel that answered

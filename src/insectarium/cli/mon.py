@@ -2,14 +2,16 @@
 
 ``dl-mon -r KEYS… -a KEYS…`` binds a private queue on the requests exchange with the ``-r`` keys
 and on the alerts exchange with the ``-a`` keys, and prints every message as one readable line
-(or as JSON).  Note, as with dripline-cpp's dl-mon: while it listens on requests, a request to a
-dead endpoint is no longer "returned" (dl-mon counts as a consumer).
+(or as JSON).  It runs on :class:`~insectarium.dripline.listener.Listener` (one blocking socket,
+no asyncio or aio-pika: listening within ~100 ms of launch), which reconnects by itself when the
+broker restarts and restores its queue and bindings.  Note, as with dripline-cpp's dl-mon: while
+it listens on requests, a request to a dead endpoint is no longer "returned" (dl-mon counts as a
+consumer).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import signal
 import sys
@@ -87,21 +89,12 @@ def describe_line(msg: Any, exchange: str) -> Text:
     return line.append(f" → {body}")
 
 
-class BindRefused(PermissionError):
-    """The broker refused a binding (topic permissions of this user)."""
-
-
-async def monitor(args: argparse.Namespace) -> int:
-    import aio_pika
-    import aiormq
-    from rich.console import Console
-
-    from ..dripline.chunking import Delivery, Reassembler
+def monitor(args: argparse.Namespace) -> int:
+    """Listen until ``-n`` messages were shown, or SIGINT/SIGTERM; survives broker restarts."""
     from ..dripline.config_files import Authentication
-    from ..dripline.connection import Connection
+    from ..dripline.listener import Listener
     from ..dripline.quick_mesh import load_mesh_quick
 
-    console = Console(highlight=False, emoji=False)
     mesh = load_mesh_quick(mesh_overrides(args))
     auth = Authentication.load(
         args.auth_file,
@@ -109,61 +102,48 @@ async def monitor(args: argparse.Namespace) -> int:
         password=args.password,
         password_file=args.password_file,
     )
-    conn = Connection(mesh, auth.dripline, name="dl-mon")
-    await conn.connect()
-    assert conn.channel is not None
-    done = asyncio.Event()
+    bindings = [(mesh.requests_exchange, k) for k in args.requests_keys] + [
+        (mesh.alerts_exchange, k) for k in args.alerts_keys
+    ]
+    listener = Listener(mesh, auth.dripline, bindings, name="dl-mon")
+    listener.start()
     seen = 0
-    exchanges = {}
+    console: Any = None
 
-    async def show(msg: Any) -> None:
-        nonlocal seen
+    def show(msg: Any) -> None:
+        nonlocal seen, console
+        if args.count and seen >= args.count:
+            return  # -n N shows exactly N, even if more were already read
         seen += 1
-        exchange = exchanges.get(msg.routing_key, "")
         if args.json_print or args.pretty_print:
             print(
                 json.dumps(msg.to_dict(), indent=4 if args.pretty_print else None, default=str),
                 flush=True,
             )
         else:
-            console.print(describe_line(msg, exchange), soft_wrap=True)
+            if console is None:  # rich costs ~25 ms to import: not before we listen
+                from rich.console import Console
+
+                console = Console(highlight=False, emoji=False)
+            console.print(describe_line(msg, ""), soft_wrap=True)
         if args.count and seen >= args.count:
-            done.set()
+            listener.stop()
 
-    reassembler = Reassembler(
-        show, max_message_size=mesh.max_message_size, max_payload_size=mesh.max_payload_size
-    )
-
-    async def on_delivery(incoming: aio_pika.abc.AbstractIncomingMessage) -> None:
-        exchanges[incoming.routing_key or ""] = incoming.exchange
-        await reassembler.feed(Delivery.from_incoming(incoming))
-
-    queue = await conn.channel.declare_queue("", exclusive=True, auto_delete=True)
-    bindings = [(mesh.requests_exchange, k) for k in args.requests_keys] + [
-        (mesh.alerts_exchange, k) for k in args.alerts_keys
-    ]
-    for exchange_name, key in bindings:
-        try:
-            await queue.bind(exchange_name, routing_key=key)
-        except aiormq.exceptions.ChannelAccessRefused as exc:
-            await conn.close()
-            raise BindRefused(
-                f"the broker refused to let user {auth.dripline.username!r} watch {key!r} on "
-                f"{exchange_name!r}: {exc.args[0] if exc.args else exc}"
-            ) from None
-    await queue.consume(on_delivery, no_ack=True)
     keys = [f"requests:{k}" for k in args.requests_keys] + [f"alerts:{k}" for k in args.alerts_keys]
     print(
-        f"dl-mon listening on {conn.url_for_humans} for {', '.join(keys)} (Ctrl-C to stop)",
+        f"dl-mon listening on {listener.url_for_humans} for {', '.join(keys)} (Ctrl-C to stop)",
         file=sys.stderr,
         flush=True,
     )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, done.set)
-    await done.wait()
-    await conn.close()
+    try:
+        listener.run(show)
+    finally:
+        listener.close()
     return 0
+
+
+def _interrupt(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     from ..dripline.config_files import ConfigError
     from ..dripline.errors import BrokerUnavailable
+    from ..dripline.listener import BindRefused
 
+    signal.signal(signal.SIGTERM, _interrupt)  # supervisorctl stop, kill: a clean exit 0
     try:
-        return asyncio.run(monitor(args))
+        return monitor(args)
     except ConfigError as exc:
         print(f"dl-mon: configuration error:\n{exc}", file=sys.stderr)
         return 4

@@ -18,11 +18,12 @@ import uuid
 from collections.abc import Coroutine, Mapping
 from typing import Any, TypeVar
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+import aiormq
+from aio_pika.abc import AbstractQueue
 
-from .chunking import Delivery, Reassembler
+from .chunking import Reassembler
 from .config import Authentication, MeshConfig, load_mesh
-from .connection import Connection, UnroutableError
+from .connection import Connection, UnroutableError, delivery_of
 from .constants import MsgOp
 from .message import Message, local_reply
 from .return_codes import ThrowReply
@@ -67,7 +68,8 @@ class Interface:
         self._connection = connection
         self._owns_connection = connection is None
         self._reply_queue: AbstractQueue | None = None
-        self._waiting: dict[str, asyncio.Queue[Message]] = {}
+        # one reply awaited: a future; every reply until the timeout (collect): a queue
+        self._waiting: dict[str, asyncio.Future[Message] | asyncio.Queue[Message]] = {}
         self._reassembler = Reassembler(
             self._on_reply,
             max_message_size=self.mesh.max_message_size,
@@ -107,7 +109,9 @@ class Interface:
                 name, exclusive=True, auto_delete=True, durable=False
             )
             await queue.bind(self.mesh.requests_exchange, routing_key=name)
-            self._consumer_tag = await queue.consume(self._on_delivery, no_ack=True, exclusive=True)
+            self._consumer_tag = await self._connection.consume(
+                queue.name, self._on_delivery, no_ack=True, exclusive=True
+            )
             self._reply_queue = queue
 
     async def close(self) -> None:
@@ -115,23 +119,25 @@ class Interface:
         if self._reply_queue is not None and not self._owns_connection:
             # on a shared connection the queue must go explicitly; on our own, closing does it
             with contextlib.suppress(Exception):
-                if self._consumer_tag:
-                    await self._reply_queue.cancel(self._consumer_tag)
+                if self._consumer_tag and self._connection is not None:
+                    await self._connection.cancel(self._consumer_tag)
                 await self._reply_queue.delete(if_unused=False, if_empty=False)
         self._reply_queue = None
         if self._owns_connection and self._connection is not None:
             await self._connection.close()
             self._connection = None
 
-    async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
-        await self._reassembler.feed(Delivery.from_incoming(incoming))
+    async def _on_delivery(self, incoming: aiormq.abc.DeliveredMessage) -> None:
+        await self._reassembler.feed(delivery_of(incoming))
 
     async def _on_reply(self, reply: Message) -> None:
         waiting = self._waiting.get(reply.correlation_id)
         if waiting is None:
             log.debug("reply %s matches no waiting request; dropped", reply.correlation_id)
-            return
-        waiting.put_nowait(reply)
+        elif isinstance(waiting, asyncio.Queue):
+            waiting.put_nowait(reply)
+        elif not waiting.done():  # a second reply to a one-reply request: dropped
+            waiting.set_result(reply)
 
     # ----------------------------------------------------------------- requests
     async def send_request(
@@ -150,7 +156,12 @@ class Interface:
         assert self._reply_queue is not None
         request.reply_to = self._reply_queue.name
         timeout = self.timeout_s if timeout_s is None else timeout_s
-        inbox: asyncio.Queue[Message] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        # one reply: a future, resolved by _on_reply (no task per request, as a Queue.get under
+        # wait_for costs); every reply until the timeout: a queue
+        inbox: asyncio.Future[Message] | asyncio.Queue[Message] = (
+            asyncio.Queue() if collect else loop.create_future()
+        )
         self._waiting[request.correlation_id] = inbox
         try:
             try:
@@ -159,9 +170,18 @@ class Interface:
                 return [local_reply(request, 403, str(exc))]
             except Exception as exc:
                 return [local_reply(request, 403, f"Unable to send request: {exc}")]
+            limit = timeout if timeout and timeout > 0 else None
+            if isinstance(inbox, asyncio.Future):
+                try:
+                    return [await asyncio.wait_for(inbox, limit)]
+                except TimeoutError:
+                    return [
+                        local_reply(
+                            request, 404, f"Timed out after {timeout:g} s waiting for a reply"
+                        )
+                    ]
             replies: list[Message] = []
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + timeout if timeout and timeout > 0 else None
+            deadline = None if limit is None else loop.time() + limit
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
                 if remaining is not None and remaining <= 0:
@@ -169,8 +189,6 @@ class Interface:
                 try:
                     replies.append(await asyncio.wait_for(inbox.get(), remaining))
                 except TimeoutError:
-                    break
-                if not collect:
                     break
             if not replies:
                 return [

@@ -32,12 +32,14 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
 
+from .chunking import Delivery
 from .config_files import Credentials, tls_context
 from .errors import (
     BrokerUnavailable,
@@ -58,6 +60,9 @@ if TYPE_CHECKING:  # a QuickMesh does as well (dl-mon reads its mesh without pyd
     from .quick_mesh import QuickMesh
 
 log = logging.getLogger(__name__)
+
+#: a consumer of :meth:`Connection.consume`: gets aiormq's delivery as it arrives
+RawConsumer = Callable[[aiormq.abc.DeliveredMessage], Awaitable[Any]]
 
 __all__ = [
     "BROKER_ERRORS",
@@ -161,6 +166,10 @@ class Connection:
         self.reminder_interval = REPORT_INTERVAL_S
         self._lost_at: float | None = None
         self._reminder: asyncio.Task[None] | None = None
+        #: consumers started with :meth:`consume` (tag -> queue name, callback, options),
+        #: consumed again on the restored channel after each reconnection
+        self._consumers: dict[str, tuple[str, RawConsumer, dict[str, Any]]] = {}
+        self._restoring: asyncio.Task[None] | None = None
 
     @property
     def url_for_humans(self) -> str:
@@ -219,6 +228,9 @@ class Connection:
         )
         self.channel = await self.connection.channel(publisher_confirms=False)
         self.channel.close_callbacks.add(self._on_channel_close)
+        # reopened after a reconnection, or after the broker closed it (a refused reply):
+        # aio-pika has restored its queues by then, our consumers are restored here
+        self.channel.reopen_callbacks.add(self._on_channel_reopen)
         # returns raise too: a kept alert is replayed *mandatory* (see .outbox)
         self.alerts_channel = await self.connection.channel(
             publisher_confirms=True, on_return_raises=True
@@ -314,7 +326,69 @@ class Connection:
                 _ReconnectChatter.last_error or "no answer",
             )
 
+    # ----------------------------------------------------------------- consuming
+    async def consume(
+        self,
+        queue: str,
+        callback: RawConsumer,
+        *,
+        no_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str | None = None,
+    ) -> str:
+        """Consume ``queue`` on the request channel, ``callback`` getting aiormq's delivery.
+
+        aio-pika's ``Queue.consume`` wraps every delivery in an ``IncomingMessage`` (some 28
+        attribute sets) and runs the callback in a second task; a dripline peer needs neither
+        (:func:`delivery_of` takes what the codec reads).  The queue itself stays aio-pika's
+        robust one (declared and bound again after a reconnection); the consumer is restored
+        here, on the restored channel, under its old tag.
+        """
+        assert self.channel is not None
+        underlay = await self.channel.get_underlay_channel()
+        options = {"no_ack": no_ack, "exclusive": exclusive}
+        ok = await underlay.basic_consume(queue, callback, consumer_tag=consumer_tag, **options)
+        tag = ok.consumer_tag
+        assert tag is not None
+        self._consumers[tag] = (queue, callback, options)
+        return tag
+
+    async def cancel(self, consumer_tag: str) -> None:
+        """Stop a consumer started with :meth:`consume` (and forget it for reconnections)."""
+        self._consumers.pop(consumer_tag, None)
+        if self.channel is not None and not self.channel.is_closed:
+            underlay = await self.channel.get_underlay_channel()
+            await underlay.basic_cancel(consumer_tag)
+
+    def _on_channel_reopen(self, _channel: Any) -> None:
+        if self._consumers:
+            self._restoring = asyncio.get_running_loop().create_task(self._restore_consumers())
+
+    def _on_consumer_cancel(self, frame: Any) -> None:
+        """The broker cancelled one of our consumers (its queue was deleted): recover the
+        connection, as aio-pika does for its own consumers, so the queue comes back."""
+        if frame.consumer_tag in self._consumers and self.connection is not None:
+            log.warning("the broker cancelled consuming %s; recovering", frame.consumer_tag)
+            recover = getattr(self.connection, "_request_recovery", None)
+            if recover is not None:
+                recover()
+
+    async def _restore_consumers(self) -> None:
+        """After aio-pika reopened the channel and restored its queues and bindings (after a
+        reconnection or a channel error): our consumers again, under their old tags."""
+        for tag, (queue, callback, options) in list(self._consumers.items()):
+            try:
+                assert self.channel is not None
+                underlay = await self.channel.get_underlay_channel()
+                await underlay.basic_consume(queue, callback, consumer_tag=tag, **options)
+                underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
+            except Exception as exc:
+                log.error("could not consume %s again after its channel reopened: %s", queue, exc)
+
     async def close(self) -> None:
+        if self._restoring is not None:
+            self._restoring.cancel()
+            self._restoring = None
         if self._reminder is not None:
             self._reminder.cancel()
             self._reminder = None
@@ -333,6 +407,15 @@ class Connection:
         The chunk goes to the (robust) channel's current aiormq channel, as
         ``Exchange.publish`` does, but with the properties our codec made (no
         ``aio_pika.Message`` per message).
+
+        Without ``wait``: aiormq's default makes every publish wait until its writer has
+        flushed the socket, so with many requests in flight each frame went out in a write of
+        its own, with two more wake-ups per message; queued, the writer sends what is waiting
+        in one write (measured: ~100 µs less CPU per request at each end, 16 in flight).
+        Nothing is weaker for it: a confirmed publish still returns only once the broker has
+        confirmed it; a reply was never confirmed (a lost connection loses it either way, and
+        is reported as such); and memory stays bounded by aiormq's bounded frame queue and, for
+        a service, by its prefetch (deliveries stop while the broker does not read our acks).
         """
         for attempt in range(1, 6):
             try:
@@ -346,6 +429,9 @@ class Connection:
                     routing_key=key,
                     properties=properties,
                     mandatory=mandatory,
+                    # queue the frames for aiormq's writer without waiting until it has
+                    # drained the socket: see the docstring
+                    wait=False,
                 )
                 return
             except aiormq.exceptions.ChannelInvalidStateError:
@@ -403,6 +489,20 @@ class Connection:
                     f"broker refused {msg.routing_key!r} on exchange {exchange.name!r} "
                     f"for user {self._credentials.username!r}: {text}"
                 ) from None
+
+
+def delivery_of(message: aiormq.abc.DeliveredMessage) -> Delivery:
+    """What the codec reads of an aiormq delivery (see :meth:`Connection.consume`)."""
+    props = message.header.properties
+    return Delivery(
+        body=message.body,
+        headers=props.headers or {},
+        routing_key=message.delivery.routing_key or "",
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        content_encoding=props.content_encoding,
+        message_id=props.message_id,
+    )
 
 
 def _warn_multi_chunk(msg: Message, chunks: int, max_payload_size: int) -> None:

@@ -102,6 +102,64 @@ def _install_uint32_encoder() -> None:
 
 _install_uint32_encoder()
 
+#: nested header tables (``sender_info``) remembered by their exact bytes, and how many / how big
+_TABLE_MEMO: dict[bytes, dict[str, Any]] = {}
+TABLE_MEMO_ENTRIES = 128
+TABLE_MEMO_MAX_BYTES = 2048
+
+
+def _copy_table(value: Any) -> Any:
+    """A copy of a decoded table deep enough that no caller can alter the remembered one
+    (dicts and lists copied; every other decoded value is immutable)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _copy_table(v) for k, v in value.items()}
+    if kind is list:
+        return [_copy_table(v) for v in value]
+    return value
+
+
+def _install_table_memo() -> None:
+    """Decode each distinct nested header table once (pamqp's ``'F'`` decoder, remembered).
+
+    Every dripline message carries ``sender_info``, a table of tables that is the same bytes for
+    every message of one sender; pamqp decodes it field by field (re-slicing the buffer each
+    time), which was about half of the header decoding in a request and again in its reply.
+    The decoded value is kept by its exact bytes (bounded: :data:`TABLE_MEMO_ENTRIES` tables of
+    at most :data:`TABLE_MEMO_MAX_BYTES`, forgotten all at once when full) and handed out as a
+    fresh copy, so what a caller gets is exactly what pamqp would have made.  The top-level
+    table (timestamps differ per message) is still decoded as it comes.  Idempotent.
+    """
+    from pamqp import decode as _pamqp_decode
+
+    original = _pamqp_decode.TABLE_MAPPING[b"F"]
+    if getattr(original, "_dripline_memo", False):
+        return
+    unpack_length = _pamqp_decode.common.Struct.integer.unpack_from
+
+    def nested_table(value: bytes) -> tuple[int, Any]:
+        try:
+            length = unpack_length(value, 0)[0]
+        except Exception:
+            return original(value)  # pamqp says what is wrong
+        if length > TABLE_MEMO_MAX_BYTES or length + 4 > len(value):
+            return original(value)
+        key = bytes(value[4 : 4 + length])
+        known = _TABLE_MEMO.get(key)
+        if known is None:
+            consumed, known = original(value)
+            if len(_TABLE_MEMO) >= TABLE_MEMO_ENTRIES:
+                _TABLE_MEMO.clear()
+            _TABLE_MEMO[key] = known
+            return consumed, _copy_table(known)
+        return length + 4, _copy_table(known)
+
+    nested_table._dripline_memo = True  # type: ignore[attr-defined]
+    _pamqp_decode.TABLE_MAPPING[b"F"] = nested_table
+
+
+_install_table_memo()
+
 
 def now_timestamp() -> str:
     """Current UTC time in the dripline header format."""

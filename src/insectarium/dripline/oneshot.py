@@ -120,9 +120,14 @@ class _Pending:
 class OneShotClient:
     """One connection, one channel with confirms, one reply queue: one request and done.
 
-    Use as a context manager; :meth:`connect` is called on entry.  Not thread-safe, not for
-    long-lived processes (no reconnection, no heartbeats): that is :class:`~.client.Interface`.
+    Use as a context manager; :meth:`connect` is called on entry.  Not thread-safe, and by
+    itself not for long-lived processes (no reconnection, no heartbeats): that is
+    :class:`~.client.Interface`, or :class:`~.listener.Listener` for dl-mon, which builds
+    both on this client.
     """
+
+    #: heartbeat interval asked of the broker (s); 0 = none, right for one short exchange
+    heartbeat_s = 0
 
     def __init__(
         self,
@@ -139,6 +144,7 @@ class OneShotClient:
         self._sock: socket.socket | ssl.SSLSocket | None = None
         self._buffer = bytearray()
         self._frame_max = FRAME_MAX
+        self.heartbeat = 0  # as negotiated with the broker (s)
         self._confirm_seq = 0
         self._reply_queue = ""
         # deliveries read so far: (routing key, properties, body, size if refused as too large)
@@ -159,12 +165,13 @@ class OneShotClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def connect(self) -> None:
+    def connect(self, attempts: int | None = None) -> None:
         """Open the connection, a confirming channel and the exchanges, retrying as
-        :meth:`.Connection.connect` does; raises :class:`BrokerUnavailable` (one line)."""
+        :meth:`.Connection.connect` does (``attempts`` overrides the mesh's
+        ``max_connection_attempts``); raises :class:`BrokerUnavailable` (one line)."""
         started = time.monotonic()
         deadline = started + self.timeout_s if self.timeout_s else None
-        attempts = max(1, self.mesh.max_connection_attempts)
+        attempts = max(1, self.mesh.max_connection_attempts if attempts is None else attempts)
         delay = 0.5
         context = tls_context(self.mesh, self.credentials) if self.mesh.tls else None
         for attempt in range(1, attempts + 1):
@@ -259,8 +266,15 @@ class OneShotClient:
         except ConnectionError as exc:  # an old broker just drops the connection
             raise _AuthRefused(str(exc)) from None
         self._frame_max = min(FRAME_MAX, tune.frame_max or FRAME_MAX)
-        # no heartbeats: one short exchange; a long wait (-t 0) is the socket's business
-        self._send(_cmd.Connection.TuneOk(channel_max=1, frame_max=self._frame_max, heartbeat=0))
+        # by default no heartbeats: one short exchange; a long wait (-t 0) is the socket's
+        # business.  A long-lived user asks for some (never more often than the broker wants).
+        heartbeat = self.heartbeat_s
+        if heartbeat and tune.heartbeat:
+            heartbeat = min(heartbeat, tune.heartbeat)
+        self.heartbeat = heartbeat
+        self._send(
+            _cmd.Connection.TuneOk(channel_max=1, frame_max=self._frame_max, heartbeat=heartbeat)
+        )
         self._send(_cmd.Connection.Open(virtual_host=self.mesh.vhost))
         self._expect(_cmd.Connection.OpenOk)
 

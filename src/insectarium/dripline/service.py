@@ -24,12 +24,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 import aiormq
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractQueue
 
-from .chunking import Delivery, Reassembler
+from .chunking import Reassembler
 from .client import Interface
 from .config import Authentication, MeshConfig, load_mesh
-from .connection import Connection, NotConnected
+from .connection import Connection, NotConnected, delivery_of
 from .constants import DEFAULT_BROADCAST_KEY, MsgOp
 from .endpoint import Endpoint, Reply, describe, maybe_await
 from .entity import Entity
@@ -183,7 +183,9 @@ class Service(Endpoint):
         for key in self.binding_keys():
             await self._queue.bind(self.mesh.requests_exchange, routing_key=key)
         await self.setup_consumers()
-        self._consumer_tag = await self._queue.consume(self._on_delivery, exclusive=True)
+        self._consumer_tag = await self.connection.consume(
+            self._queue.name, self._on_delivery, exclusive=True
+        )
         self._running = True
         if self.enable_scheduling:
             for child in self.sync_children.values():
@@ -231,8 +233,8 @@ class Service(Endpoint):
             log.exception("service %s: on_stopping failed", self.name)
         if self._queue is not None:
             with contextlib.suppress(Exception):
-                if self._consumer_tag:
-                    await self._queue.cancel(self._consumer_tag)
+                if self._consumer_tag and self.connection is not None:
+                    await self.connection.cancel(self._consumer_tag)
                 await self._queue.delete(if_unused=False, if_empty=False)
             self._queue = None
         if self._alerts is not None:
@@ -337,14 +339,16 @@ class Service(Endpoint):
         return await self._iface().cmd(endpoint, specifier, ordered_args, keyed_args, **kw)
 
     # ----------------------------------------------------------------- receiving
-    async def _on_delivery(self, incoming: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, incoming: aiormq.abc.DeliveredMessage) -> None:
         try:
-            await self._reassembler.feed(Delivery.from_incoming(incoming))
+            await self._reassembler.feed(delivery_of(incoming))
         except Exception:
             log.exception("failed to process a delivery; acknowledged and dropped")
         finally:
             with contextlib.suppress(Exception):
-                await incoming.ack()
+                # queued behind the reply, in order, without waiting for the socket to drain
+                # (as the reply itself, see Connection._publish_chunk)
+                await incoming.channel.basic_ack(incoming.delivery.delivery_tag, wait=False)
 
     def route(self, routing_key: str) -> Endpoint | None:
         first = routing_key.split(".", 1)[0]
