@@ -193,6 +193,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self.id_map_sql = qualified(schema, id_map_table)
         self.data_tables = dict(DEFAULT_DATA_TABLES if data_tables is None else data_tables)
         self._table_sql = {t: qualified(schema, n) for t, n in self.data_tables.items()}
+        self._copy_sql: dict[str, sql.Composable] = {}  # kind -> its COPY statement
         for kind in self.data_tables:
             identifier(kind, "endpoint type")
         self.metadata_sql = qualified(schema, metadata_table) if metadata_table else None
@@ -606,14 +607,21 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
 
     def _lean_fields(self, incoming: Any) -> tuple[Any, str] | None:
         """(payload, timestamp) of a plain single-chunk JSON alert; ``None`` → runtime path."""
-        headers = incoming.headers or {}
-        if (
-            incoming.content_encoding != CONTENT_ENCODING
-            or not (incoming.message_id or "").endswith("/0/1")
-            or headers.get("message_type") != MsgType.ALERT
-        ):
+        if incoming.content_encoding != CONTENT_ENCODING or not (
+            incoming.message_id or ""
+        ).endswith("/0/1"):
             return None
-        stamp = headers.get("timestamp")
+        fields_of = getattr(incoming, "header_fields", None)
+        if fields_of is not None:  # the pika feed: two headers read, the rest left encoded
+            fields = fields_of(b"message_type", b"timestamp")
+            if fields is None:
+                return None  # a malformed header table: the runtime path reports it
+            message_type, stamp = fields.get(b"message_type"), fields.get(b"timestamp")
+        else:
+            headers = incoming.headers or {}
+            message_type, stamp = headers.get("message_type"), headers.get("timestamp")
+        if message_type != MsgType.ALERT:
+            return None
         if isinstance(stamp, bytes):
             stamp = stamp.decode("utf-8", "replace")
         try:
@@ -742,9 +750,11 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
     async def _copy_rows(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
         async with conn.cursor() as cur:
             for kind, rows in batch.rows.items():
-                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    self._table_sql[kind], self._columns()
-                )
+                statement = self._copy_sql.get(kind)
+                if statement is None:
+                    statement = self._copy_sql[kind] = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                        self._table_sql[kind], self._columns()
+                    )
                 async with cur.copy(statement) as copy:
                     for row in rows:
                         await copy.write_row(row)
