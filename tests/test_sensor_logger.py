@@ -424,3 +424,32 @@ async def test_alerts_are_read_whatever_else_their_headers_hold(
         (2.0, None, dt.datetime(2026, 1, 2, 3, 4, 7)),
     ]
     assert logger.dropped_malformed == 0
+
+
+async def test_memory_is_handed_back_once_a_burst_is_over(
+    lab_database: str, amqp_url: str, publisher: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst (here 20 values) the logger trims its heap once it has been idle for
+    TRIM_IDLE_S, once; a trickle below the burst size never trims."""
+    from insectarium.services import sensor_logger
+
+    trims: list[int] = []
+    monkeypatch.setattr(sensor_logger, "TRIM_AFTER_VALUES", 20)
+    monkeypatch.setattr(sensor_logger, "TRIM_IDLE_S", 0.3)
+    monkeypatch.setattr(sensor_logger, "release_soon", lambda delay_s=0.1: trims.append(1))
+    name = f"burst_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    logger = make_logger(lab_database, amqp_url, flush_interval_s=0.05)
+    async with running(logger):
+        for i in range(10):
+            await publisher(name, {"value_raw": i}, f"2026-01-02T03:04:{i:02d}.000000Z")
+        await eventually(lambda: logger.stored == 10)
+        await asyncio.sleep(0.8)
+        assert trims == []  # 10 values: not a burst
+        for i in range(10, 30):
+            await publisher(name, {"value_raw": i}, f"2026-01-02T03:04:{i:02d}.000000Z")
+        await eventually(lambda: logger.stored == 30)
+        await eventually(lambda: trims == [1])
+        await asyncio.sleep(0.8)
+        assert trims == [1]  # once per burst
+    assert len(rows(lab_database, "endpoint_numeric_data", name)) == 30

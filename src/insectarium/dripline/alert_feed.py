@@ -246,6 +246,8 @@ class FeedDelivery:
     """
 
     __slots__ = (
+        "_headers",
+        "_raw_headers",
         "body",
         "channel",
         "content_encoding",
@@ -253,7 +255,6 @@ class FeedDelivery:
         "delivery_tag",
         "feed",
         "message_id",
-        "properties",
         "redelivered",
         "reply_to",
         "routing_key",
@@ -267,8 +268,10 @@ class FeedDelivery:
         self.delivery_tag: int = method.delivery_tag
         self.routing_key: str = method.routing_key
         self.redelivered: bool = method.redelivered
-        # the header table stays encoded until read (LeanProperties)
-        self.properties: Any = properties
+        # the header table stays encoded until read (LeanProperties); pika's objects are not kept
+        raw = getattr(properties, "raw_headers", None)
+        self._raw_headers: bytes | None = raw
+        self._headers: dict[str, Any] | None = None if raw is not None else properties.headers
         self.content_encoding: str | None = properties.content_encoding
         self.message_id: str | None = properties.message_id
         self.correlation_id: str | None = properties.correlation_id
@@ -278,24 +281,26 @@ class FeedDelivery:
     @property
     def headers(self) -> dict[str, Any]:
         """All headers, decoded on first use (``{}`` once released)."""
-        properties = self.properties
-        return (properties.headers or {}) if properties is not None else {}
+        raw = self._raw_headers
+        if raw is not None:
+            self._headers = pika.data.decode_table(raw, 0)[0]
+            self._raw_headers = None
+        return self._headers or {}
 
     def header_fields(self, *keys: bytes) -> dict[bytes, Any] | None:
         """Only the top-level headers ``keys`` (UTF-8 bytes), without decoding the others;
         ``None`` if the header table is malformed (:attr:`headers` then says how)."""
-        properties = self.properties
-        if properties is None:
-            return {}
-        if type(properties) is LeanProperties:
-            return properties.header_fields(*keys)
-        headers = properties.headers or {}
+        raw = self._raw_headers
+        if raw is not None:
+            return table_fields(raw, keys)
+        headers = self._headers or {}
         return {k: headers[name] for k in keys if (name := k.decode()) in headers}
 
     def release(self) -> None:
         """Drop the body and headers (the delivery is then only good for its acknowledgement)."""
         self.body = b""
-        self.properties = None
+        self._headers = self._raw_headers = None
+        self.message_id = self.correlation_id = self.reply_to = None
 
     async def ack(self, multiple: bool = False) -> None:
         self.feed.settle(self.channel, "ack", self.delivery_tag, multiple=multiple)

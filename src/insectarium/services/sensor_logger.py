@@ -55,6 +55,7 @@ from ..dripline.alert_feed import AlertFeed, FeedDelivery, connection_parameters
 from ..dripline.chunking import Delivery
 from ..dripline.constants import CONTENT_ENCODING
 from ..dripline.limits import MAX_TRACKED_NAMES
+from ..dripline.memory import release_soon
 from ..dripline.message import parse_timestamp
 from ..dripline.throttle import LogThrottle
 from .postgres import (
@@ -119,6 +120,10 @@ def as_json(value: Any) -> str | None:
 
 
 ACK_DELAY_S = 0.02  # finished deliveries acknowledged together within this delay
+#: a burst: this many values stored since the last trim ...
+TRIM_AFTER_VALUES = 20_000
+#: ... and then nothing to store for this long: give the burst's memory back (malloc_trim)
+TRIM_IDLE_S = 1.0
 
 
 @dataclass
@@ -223,6 +228,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self._wake = asyncio.Event()  # a new batch was started
         self._full = asyncio.Event()  # the batch reached flush_at values
         self._writer: asyncio.Task[None] | None = None
+        self._since_trim = 0  # values stored since memory was last handed back
+        self._trim_check: asyncio.TimerHandle | None = None
         # what happened so far, for the status reply and the log
         self.stored = 0
         self.duplicates = 0
@@ -339,6 +346,9 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         if self._feed is not None:
             await self._feed.stop()
             self._feed = None
+        if self._trim_check is not None:
+            self._trim_check.cancel()
+            self._trim_check = None
         await super().stop()
 
     # ----------------------------------------------------------------- endpoint_id_map
@@ -696,6 +706,34 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 self._finished(acks, tag, incoming)
             if self._batch is not None:
                 self._wake.set()
+            self._since_trim += batch.size
+            if self._since_trim >= TRIM_AFTER_VALUES and self._trim_check is None:
+                self._trim_check = asyncio.get_running_loop().call_later(
+                    TRIM_IDLE_S, self._trim_when_idle, self.stored
+                )
+            # not kept while waiting for the next one: its rows and deliveries (thousands of
+            # small objects) would pin the memory of the whole burst
+            batch.rows.clear()
+            batch.memos.clear()
+            batch.deliveries.clear()
+            del batch
+
+    def _trim_when_idle(self, stored_before: int) -> None:
+        """After a burst, once nothing was stored for :data:`TRIM_IDLE_S`: hand the memory the
+        burst used back to the system.
+
+        Measured: draining 50 000 queued alerts left the logger ~7 MiB larger than at start,
+        freed but kept by malloc (tracemalloc saw a peak of 3.5 MiB of Python objects); a steady
+        trickle of values never triggers this (it waits for :data:`TRIM_AFTER_VALUES`).
+        """
+        if self.stored != stored_before or self._batch is not None:  # still busy: look again
+            self._trim_check = asyncio.get_running_loop().call_later(
+                TRIM_IDLE_S, self._trim_when_idle, self.stored
+            )
+            return
+        self._trim_check = None
+        self._since_trim = 0
+        release_soon(0.0)
 
     async def _write_with_retry(self, batch: Batch) -> None:
         delay = 0.2
