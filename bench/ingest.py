@@ -35,6 +35,8 @@ ALERTS_EXCHANGE = "alerts"
 RUN_TAG = uuid.uuid4().hex[:8]
 OURS_QUEUE = f"bench_sc_db_alerts_{RUN_TAG}"
 RAW_QUEUE = f"bench_raw_alerts_{RUN_TAG}"
+#: seconds after a drain at which the logger's RSS is read again (it trims 1 s after a burst)
+SETTLE_S = 2.5
 
 
 @dataclass
@@ -68,6 +70,9 @@ class Outcome:
     drain_s: float
     #: logger CPU seconds spent on the timed rows (backlog rounds only)
     cpu_s: float | None = None
+    #: logger VmRSS (MiB, largest process) the moment the last row arrived, and SETTLE_S later
+    rss_end: float | None = None
+    rss_settled: float | None = None
 
     @property
     def cpu_us_per_value(self) -> float | None:
@@ -218,8 +223,11 @@ def backlog_round(
     phase: str,
     queue: str | None = None,
     processes: int = 1,
+    settle: bool = False,
 ) -> Outcome:
     """Queue ``n`` alerts while the logger is stopped, start ``processes`` of it, time the drain.
+
+    With ``settle`` the logger's RSS is also read :data:`SETTLE_S` after the last row.
 
     Afterwards ``queue`` is emptied and what was left in it is reported, so that a round that
     lost values cannot leave them to be counted by the next one.
@@ -229,6 +237,7 @@ def backlog_round(
     _, publish_s = publish_parallel(env.broker, blobs)
     procs = [make(i).launch() for i in range(processes)]
     cpu0: list[float | None] = []
+    at_end: list[int | None] = [None] * processes
     try:
         rows, at_start, drain_s = counter.wait(
             n, from_first_row=True, on_start=lambda: cpu0.append(_cpu(procs))
@@ -237,9 +246,19 @@ def backlog_round(
         for proc in procs:
             proc.phase = phase
             proc.rss()
+        # the memory benchmark's "after load" figure stays the one read as the last row
+        # arrived (the working set of the burst), not a later, smaller one
+        at_end = [proc.rss_last for proc in procs]
+        rss_settled = None
+        if settle and rows >= n:
+            # what the logger keeps once the burst is over (it trims after TRIM_IDLE_S idle)
+            time.sleep(SETTLE_S)
+            rss_settled = _max_mib([proc.rss() for proc in procs])
     finally:
         for proc in procs:
             proc.stop()
+    for proc, value in zip(procs, at_end, strict=True):
+        proc.rss_last = value
     if rows < n:
         for proc in procs:
             print(f"  {proc.name}: {n - rows} of {n} values missing; log: {proc.tail()}")
@@ -249,7 +268,12 @@ def backlog_round(
     if rows != n:
         check_and_clear(env.dsn, ids, 0)
     cpu = cpu1 - cpu0[0] if cpu0 and cpu0[0] is not None and cpu1 is not None else None
-    return Outcome(n, rows, ok, publish_s, at_start, drain_s, cpu)
+    return Outcome(n, rows, ok, publish_s, at_start, drain_s, cpu, _max_mib(at_end), rss_settled)
+
+
+def _max_mib(values: list[int | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) / 2**20 if known else None
 
 
 def measure(
@@ -261,6 +285,7 @@ def measure(
     n_live: int,
     queue: str | None = None,
     processes: tuple[int, ...] = (1,),
+    settle: bool = False,
 ) -> tuple[Outcome, dict[int, list[Outcome]]]:
     """A live round on a started logger (warm-up; also creates its queue), then backlog rounds
     with each number of ``processes`` in turn (alternating, so load swings hit all alike)."""
@@ -279,7 +304,9 @@ def measure(
                 phase = f"draining {n} queued alerts" + (f" ({p} processes)" if p > 1 else "")
                 start = base + dt.timedelta(hours=hour)
                 hour += 1
-                rounds[p].append(backlog_round(env, make, counter, ids, n, start, phase, queue, p))
+                rounds[p].append(
+                    backlog_round(env, make, counter, ids, n, start, phase, queue, p, settle)
+                )
     finally:
         counter.close()
     return live, rounds
@@ -333,6 +360,20 @@ def report_rows(
             digits=0,
         )
     )
+    ends = [o.rss_end for o in rounds if o.rss_end is not None]
+    settled = [o.rss_settled for o in rounds if o.rss_settled is not None]
+    if settled:
+        report.add(
+            Row(
+                b,
+                f"{who} RSS after draining, settled",
+                "MiB",
+                settled,
+                note=f"VmRSS {SETTLE_S:g} s after the last row (largest process); as the last "
+                f"row arrived: {statistics.median(ends):.1f} MiB (median; the memory table's "
+                "figure)",
+            )
+        )
     if live is None:
         return row
     report.add(
@@ -386,7 +427,7 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
         return
     try:
         live, by_procs = measure(
-            env, ours, ids, sz.ours, sz.repeat, sz.live, OURS_QUEUE, processes=(1, 2)
+            env, ours, ids, sz.ours, sz.repeat, sz.live, OURS_QUEUE, processes=(1, 2), settle=True
         )
     finally:
         queue_op(env, "delete", OURS_QUEUE)
