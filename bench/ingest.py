@@ -286,9 +286,12 @@ def measure(
     queue: str | None = None,
     processes: tuple[int, ...] = (1,),
     settle: bool = False,
+    before_single: Callable[[], None] | None = None,
 ) -> tuple[Outcome, dict[int, list[Outcome]]]:
     """A live round on a started logger (warm-up; also creates its queue), then backlog rounds
-    with each number of ``processes`` in turn (alternating, so load swings hit all alike)."""
+    with each number of ``processes`` in turn (alternating, so load swings hit all alike).
+
+    ``before_single`` runs right before each 1-process round (the paired raw consumer)."""
     assert env.dsn is not None
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     counter = RowCounter(env.dsn, ids)
@@ -301,6 +304,8 @@ def measure(
         hour = 0
         for _ in range(repeat):
             for p in processes:
+                if p == 1 and before_single is not None:
+                    before_single()
                 phase = f"draining {n} queued alerts" + (f" ({p} processes)" if p > 1 else "")
                 start = base + dt.timedelta(hours=hour)
                 hour += 1
@@ -425,12 +430,43 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
     except NotRunnable as exc:
         report.not_run("logger ingest (ours)", str(exc))
         return
+    # the best raw consumer drains the same backlog right before each 1-process round of ours,
+    # so that each ratio compares two drains seconds apart (the machine's load swings within
+    # minutes: the raw rounds above ran before the naive logger and the COPY rounds)
+    best = max(raw.items(), key=lambda kv: kv[1])[0] if raw else None
+    paired: list[RawOutcome | None] = []
+    if best is not None:
+        queue_op(env, "declare", RAW_QUEUE)
+        paired_blobs = encode_alerts(sz.ours, dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+
+    def raw_before_ours() -> None:
+        if best is None:
+            return
+        # the logger's queue (bound to the same exchange) must not receive these alerts: it
+        # is unbound for the raw round (the logger binds it again when it starts)
+        queue_op(env, "unbind", OURS_QUEUE)
+        try:
+            paired.append(raw_drain(env, best, paired_blobs, sz.ours))
+        finally:
+            queue_op(env, "bind", OURS_QUEUE)
+
     try:
         live, by_procs = measure(
-            env, ours, ids, sz.ours, sz.repeat, sz.live, OURS_QUEUE, processes=(1, 2), settle=True
+            env,
+            ours,
+            ids,
+            sz.ours,
+            sz.repeat,
+            sz.live,
+            OURS_QUEUE,
+            processes=(1, 2),
+            settle=True,
+            before_single=raw_before_ours,
         )
     finally:
         queue_op(env, "delete", OURS_QUEUE)
+        if best is not None:
+            queue_op(env, "delete", RAW_QUEUE)
     row = report_rows(
         report, "ours (not-sc_db)", live, by_procs[1], at_least(20_000, ">= 20 000/s")
     )
@@ -447,18 +483,37 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
             )
         )
     if raw and row.samples:
-        best, best_rate = max(raw.items(), key=lambda kv: kv[1])
+        best_rate = raw[best]  # type: ignore[index]
         report.add(
+            Row(
+                "logger ingest",
+                "ours / best raw consumer, medians",
+                "x",
+                [r / best_rate for r in row.samples],
+                note=f"each round of ours (into PostgreSQL) / median of the raw {best} rounds "
+                "above (no database; minutes apart)",
+                digits=2,
+            )
+        )
+        pairs = [
+            (o.rate, r.n / r.seconds)
+            for o, r in zip(by_procs[1], paired, strict=False)
+            if r is not None and r.seconds > 0 and not o.lost
+        ]
+        ratio = report.add(
             Row(
                 "logger ingest",
                 "ours / best raw consumer",
                 "x",
-                [r / best_rate for r in row.samples],
+                [ours_rate / raw_rate for ours_rate, raw_rate in pairs],
                 at_least(0.8, ">= 0.8"),
-                note=f"each round of ours (into PostgreSQL) / median of raw {best} (no database)",
+                note=f"each round of ours / the raw {best} drain of the same backlog right "
+                "before it: " + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in pairs),
                 digits=2,
             )
         )
+        if not pairs:
+            ratio.not_run = f"no paired raw {best} round gave a result"
     if naive_row.median and row.samples:
         report.add(
             Row(
@@ -544,19 +599,8 @@ def raw_rounds(env: Environment, report: Report, n: int, repeat: int) -> dict[st
     try:
         for _ in range(repeat):
             for consumer in RAW_CONSUMERS:
-                publish_parallel(env.broker, blobs)
-                proc = ServiceProcess.baseline(
-                    env, f"raw-{consumer}", RAW_READY, "--queue", RAW_QUEUE, "--expect", str(n)
-                ).start()
-                try:
-                    outcome = _raw_result(proc)
-                finally:
-                    proc.stop()
-                if outcome is None:
-                    print(f"  raw {consumer}: no result; log: {proc.tail()}")
-                    if left := queue_op(env, "purge", RAW_QUEUE):
-                        print(f"  {left} alerts were left in {RAW_QUEUE} (purged)")
-                else:
+                outcome = raw_drain(env, consumer, blobs, n)
+                if outcome is not None:
                     results[consumer].append(outcome)
     finally:
         queue_op(env, "delete", RAW_QUEUE)
@@ -592,6 +636,24 @@ def raw_rounds(env: Environment, report: Report, n: int, repeat: int) -> dict[st
     return medians
 
 
+def raw_drain(env: Environment, consumer: str, blobs: list[Blob], n: int) -> RawOutcome | None:
+    """Queue ``n`` alerts in :data:`RAW_QUEUE` (which must exist), drain them with ``consumer``."""
+    assert env.broker is not None
+    publish_parallel(env.broker, blobs)
+    proc = ServiceProcess.baseline(
+        env, f"raw-{consumer}", RAW_READY, "--queue", RAW_QUEUE, "--expect", str(n)
+    ).start()
+    try:
+        outcome = _raw_result(proc)
+    finally:
+        proc.stop()
+    if outcome is None:
+        print(f"  raw {consumer}: no result; log: {proc.tail()}")
+        if left := queue_op(env, "purge", RAW_QUEUE):
+            print(f"  {left} alerts were left in {RAW_QUEUE} (purged)")
+    return outcome
+
+
 def _raw_result(proc: ServiceProcess, stall_s: float = 30.0) -> RawOutcome | None:
     """The JSON line a raw consumer prints once it has drained the queue."""
     deadline = time.perf_counter() + stall_s
@@ -607,8 +669,9 @@ def _raw_result(proc: ServiceProcess, stall_s: float = 30.0) -> RawOutcome | Non
 
 
 def queue_op(env: Environment, op: str, name: str) -> int:
-    """``declare`` (a durable quorum queue bound as the logger's), ``purge`` or ``delete`` a
-    queue of this run; returns the messages purged or deleted with it (0 if it does not exist).
+    """``declare`` (a durable quorum queue bound as the logger's), ``purge``, ``delete``,
+    ``bind`` or ``unbind`` (to ``sensor_value.#`` on the alerts exchange) a queue of this run;
+    returns the messages purged or deleted with it (0 if it does not exist).
 
     The logger's and the naive logger's queues outlive their processes on purpose (backlog
     rounds): they are removed at the end.
@@ -634,6 +697,10 @@ def queue_op(env: Environment, op: str, name: str) -> int:
             try:
                 queue = await channel.declare_queue(name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
+                return 0
+            if op in ("bind", "unbind"):
+                method = queue.bind if op == "bind" else queue.unbind
+                await method(ALERTS_EXCHANGE, routing_key="sensor_value.#")
                 return 0
             if op == "purge":
                 result = await queue.purge()
