@@ -128,23 +128,18 @@ class LeanProperties(pika.spec.BasicProperties):
     every attribute reads as pika's own class would give it.
     """
 
-    FLAGS = tuple(
-        (flag, name)
-        for flag, name in (
-            (pika.spec.BasicProperties.FLAG_CORRELATION_ID, "correlation_id"),
-            (pika.spec.BasicProperties.FLAG_REPLY_TO, "reply_to"),
-            (pika.spec.BasicProperties.FLAG_EXPIRATION, "expiration"),
-            (pika.spec.BasicProperties.FLAG_MESSAGE_ID, "message_id"),
-        )
+    #: short-string properties between priority and timestamp, and after timestamp (wire order)
+    FLAGS = (
+        (pika.spec.BasicProperties.FLAG_CORRELATION_ID, "correlation_id"),
+        (pika.spec.BasicProperties.FLAG_REPLY_TO, "reply_to"),
+        (pika.spec.BasicProperties.FLAG_EXPIRATION, "expiration"),
+        (pika.spec.BasicProperties.FLAG_MESSAGE_ID, "message_id"),
     )
-    TAIL = tuple(
-        (flag, name)
-        for flag, name in (
-            (pika.spec.BasicProperties.FLAG_TYPE, "type"),
-            (pika.spec.BasicProperties.FLAG_USER_ID, "user_id"),
-            (pika.spec.BasicProperties.FLAG_APP_ID, "app_id"),
-            (pika.spec.BasicProperties.FLAG_CLUSTER_ID, "cluster_id"),
-        )
+    TAIL = (
+        (pika.spec.BasicProperties.FLAG_TYPE, "type"),
+        (pika.spec.BasicProperties.FLAG_USER_ID, "user_id"),
+        (pika.spec.BasicProperties.FLAG_APP_ID, "app_id"),
+        (pika.spec.BasicProperties.FLAG_CLUSTER_ID, "cluster_id"),
     )
 
     _headers: dict[str, Any] | None
