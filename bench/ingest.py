@@ -35,6 +35,8 @@ ALERTS_EXCHANGE = "alerts"
 RUN_TAG = uuid.uuid4().hex[:8]
 OURS_QUEUE = f"bench_sc_db_alerts_{RUN_TAG}"
 RAW_QUEUE = f"bench_raw_alerts_{RUN_TAG}"
+#: seconds after a drain at which the logger's RSS is read again (it trims 1 s after a burst)
+SETTLE_S = 2.5
 
 
 @dataclass
@@ -68,6 +70,9 @@ class Outcome:
     drain_s: float
     #: logger CPU seconds spent on the timed rows (backlog rounds only)
     cpu_s: float | None = None
+    #: logger VmRSS (MiB, largest process) the moment the last row arrived, and SETTLE_S later
+    rss_end: float | None = None
+    rss_settled: float | None = None
 
     @property
     def cpu_us_per_value(self) -> float | None:
@@ -218,8 +223,11 @@ def backlog_round(
     phase: str,
     queue: str | None = None,
     processes: int = 1,
+    settle: bool = False,
 ) -> Outcome:
     """Queue ``n`` alerts while the logger is stopped, start ``processes`` of it, time the drain.
+
+    With ``settle`` the logger's RSS is also read :data:`SETTLE_S` after the last row.
 
     Afterwards ``queue`` is emptied and what was left in it is reported, so that a round that
     lost values cannot leave them to be counted by the next one.
@@ -229,6 +237,7 @@ def backlog_round(
     _, publish_s = publish_parallel(env.broker, blobs)
     procs = [make(i).launch() for i in range(processes)]
     cpu0: list[float | None] = []
+    at_end: list[int | None] = [None] * processes
     try:
         rows, at_start, drain_s = counter.wait(
             n, from_first_row=True, on_start=lambda: cpu0.append(_cpu(procs))
@@ -237,9 +246,19 @@ def backlog_round(
         for proc in procs:
             proc.phase = phase
             proc.rss()
+        # the memory benchmark's "after load" figure stays the one read as the last row
+        # arrived (the working set of the burst), not a later, smaller one
+        at_end = [proc.rss_last for proc in procs]
+        rss_settled = None
+        if settle and rows >= n:
+            # what the logger keeps once the burst is over (it trims after TRIM_IDLE_S idle)
+            time.sleep(SETTLE_S)
+            rss_settled = _max_mib([proc.rss() for proc in procs])
     finally:
         for proc in procs:
             proc.stop()
+    for proc, value in zip(procs, at_end, strict=True):
+        proc.rss_last = value
     if rows < n:
         for proc in procs:
             print(f"  {proc.name}: {n - rows} of {n} values missing; log: {proc.tail()}")
@@ -249,7 +268,12 @@ def backlog_round(
     if rows != n:
         check_and_clear(env.dsn, ids, 0)
     cpu = cpu1 - cpu0[0] if cpu0 and cpu0[0] is not None and cpu1 is not None else None
-    return Outcome(n, rows, ok, publish_s, at_start, drain_s, cpu)
+    return Outcome(n, rows, ok, publish_s, at_start, drain_s, cpu, _max_mib(at_end), rss_settled)
+
+
+def _max_mib(values: list[int | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) / 2**20 if known else None
 
 
 def measure(
@@ -261,9 +285,13 @@ def measure(
     n_live: int,
     queue: str | None = None,
     processes: tuple[int, ...] = (1,),
+    settle: bool = False,
+    before_single: Callable[[], None] | None = None,
 ) -> tuple[Outcome, dict[int, list[Outcome]]]:
     """A live round on a started logger (warm-up; also creates its queue), then backlog rounds
-    with each number of ``processes`` in turn (alternating, so load swings hit all alike)."""
+    with each number of ``processes`` in turn (alternating, so load swings hit all alike).
+
+    ``before_single`` runs right before each 1-process round (the paired raw consumer)."""
     assert env.dsn is not None
     base = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
     counter = RowCounter(env.dsn, ids)
@@ -276,10 +304,14 @@ def measure(
         hour = 0
         for _ in range(repeat):
             for p in processes:
+                if p == 1 and before_single is not None:
+                    before_single()
                 phase = f"draining {n} queued alerts" + (f" ({p} processes)" if p > 1 else "")
                 start = base + dt.timedelta(hours=hour)
                 hour += 1
-                rounds[p].append(backlog_round(env, make, counter, ids, n, start, phase, queue, p))
+                rounds[p].append(
+                    backlog_round(env, make, counter, ids, n, start, phase, queue, p, settle)
+                )
     finally:
         counter.close()
     return live, rounds
@@ -333,6 +365,20 @@ def report_rows(
             digits=0,
         )
     )
+    ends = [o.rss_end for o in rounds if o.rss_end is not None]
+    settled = [o.rss_settled for o in rounds if o.rss_settled is not None]
+    if settled:
+        report.add(
+            Row(
+                b,
+                f"{who} RSS after draining, settled",
+                "MiB",
+                settled,
+                note=f"VmRSS {SETTLE_S:g} s after the last row (largest process); as the last "
+                f"row arrived: {statistics.median(ends):.1f} MiB (median; the memory table's "
+                "figure)",
+            )
+        )
     if live is None:
         return row
     report.add(
@@ -384,12 +430,43 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
     except NotRunnable as exc:
         report.not_run("logger ingest (ours)", str(exc))
         return
+    # the best raw consumer drains the same backlog right before each 1-process round of ours,
+    # so that each ratio compares two drains seconds apart (the machine's load swings within
+    # minutes: the raw rounds above ran before the naive logger and the COPY rounds)
+    best = max(raw.items(), key=lambda kv: kv[1])[0] if raw else None
+    paired: list[RawOutcome | None] = []
+    if best is not None:
+        queue_op(env, "declare", RAW_QUEUE)
+        paired_blobs = encode_alerts(sz.ours, dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+
+    def raw_before_ours() -> None:
+        if best is None:
+            return
+        # the logger's queue (bound to the same exchange) must not receive these alerts: it
+        # is unbound for the raw round (the logger binds it again when it starts)
+        queue_op(env, "unbind", OURS_QUEUE)
+        try:
+            paired.append(raw_drain(env, best, paired_blobs, sz.ours))
+        finally:
+            queue_op(env, "bind", OURS_QUEUE)
+
     try:
         live, by_procs = measure(
-            env, ours, ids, sz.ours, sz.repeat, sz.live, OURS_QUEUE, processes=(1, 2)
+            env,
+            ours,
+            ids,
+            sz.ours,
+            sz.repeat,
+            sz.live,
+            OURS_QUEUE,
+            processes=(1, 2),
+            settle=True,
+            before_single=raw_before_ours,
         )
     finally:
         queue_op(env, "delete", OURS_QUEUE)
+        if best is not None:
+            queue_op(env, "delete", RAW_QUEUE)
     row = report_rows(
         report, "ours (not-sc_db)", live, by_procs[1], at_least(20_000, ">= 20 000/s")
     )
@@ -406,18 +483,37 @@ def run(env: Environment, report: Report, quick: bool, repeat: int | None) -> No
             )
         )
     if raw and row.samples:
-        best, best_rate = max(raw.items(), key=lambda kv: kv[1])
+        best_rate = raw[best]  # type: ignore[index]
         report.add(
+            Row(
+                "logger ingest",
+                "ours / best raw consumer, medians",
+                "x",
+                [r / best_rate for r in row.samples],
+                note=f"each round of ours (into PostgreSQL) / median of the raw {best} rounds "
+                "above (no database; minutes apart)",
+                digits=2,
+            )
+        )
+        pairs = [
+            (o.rate, r.n / r.seconds)
+            for o, r in zip(by_procs[1], paired, strict=False)
+            if r is not None and r.seconds > 0 and not o.lost
+        ]
+        ratio = report.add(
             Row(
                 "logger ingest",
                 "ours / best raw consumer",
                 "x",
-                [r / best_rate for r in row.samples],
+                [ours_rate / raw_rate for ours_rate, raw_rate in pairs],
                 at_least(0.8, ">= 0.8"),
-                note=f"each round of ours (into PostgreSQL) / median of raw {best} (no database)",
+                note=f"each round of ours / the raw {best} drain of the same backlog right "
+                "before it: " + ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in pairs),
                 digits=2,
             )
         )
+        if not pairs:
+            ratio.not_run = f"no paired raw {best} round gave a result"
     if naive_row.median and row.samples:
         report.add(
             Row(
@@ -503,19 +599,8 @@ def raw_rounds(env: Environment, report: Report, n: int, repeat: int) -> dict[st
     try:
         for _ in range(repeat):
             for consumer in RAW_CONSUMERS:
-                publish_parallel(env.broker, blobs)
-                proc = ServiceProcess.baseline(
-                    env, f"raw-{consumer}", RAW_READY, "--queue", RAW_QUEUE, "--expect", str(n)
-                ).start()
-                try:
-                    outcome = _raw_result(proc)
-                finally:
-                    proc.stop()
-                if outcome is None:
-                    print(f"  raw {consumer}: no result; log: {proc.tail()}")
-                    if left := queue_op(env, "purge", RAW_QUEUE):
-                        print(f"  {left} alerts were left in {RAW_QUEUE} (purged)")
-                else:
+                outcome = raw_drain(env, consumer, blobs, n)
+                if outcome is not None:
                     results[consumer].append(outcome)
     finally:
         queue_op(env, "delete", RAW_QUEUE)
@@ -551,6 +636,24 @@ def raw_rounds(env: Environment, report: Report, n: int, repeat: int) -> dict[st
     return medians
 
 
+def raw_drain(env: Environment, consumer: str, blobs: list[Blob], n: int) -> RawOutcome | None:
+    """Queue ``n`` alerts in :data:`RAW_QUEUE` (which must exist), drain them with ``consumer``."""
+    assert env.broker is not None
+    publish_parallel(env.broker, blobs)
+    proc = ServiceProcess.baseline(
+        env, f"raw-{consumer}", RAW_READY, "--queue", RAW_QUEUE, "--expect", str(n)
+    ).start()
+    try:
+        outcome = _raw_result(proc)
+    finally:
+        proc.stop()
+    if outcome is None:
+        print(f"  raw {consumer}: no result; log: {proc.tail()}")
+        if left := queue_op(env, "purge", RAW_QUEUE):
+            print(f"  {left} alerts were left in {RAW_QUEUE} (purged)")
+    return outcome
+
+
 def _raw_result(proc: ServiceProcess, stall_s: float = 30.0) -> RawOutcome | None:
     """The JSON line a raw consumer prints once it has drained the queue."""
     deadline = time.perf_counter() + stall_s
@@ -566,8 +669,9 @@ def _raw_result(proc: ServiceProcess, stall_s: float = 30.0) -> RawOutcome | Non
 
 
 def queue_op(env: Environment, op: str, name: str) -> int:
-    """``declare`` (a durable quorum queue bound as the logger's), ``purge`` or ``delete`` a
-    queue of this run; returns the messages purged or deleted with it (0 if it does not exist).
+    """``declare`` (a durable quorum queue bound as the logger's), ``purge``, ``delete``,
+    ``bind`` or ``unbind`` (to ``sensor_value.#`` on the alerts exchange) a queue of this run;
+    returns the messages purged or deleted with it (0 if it does not exist).
 
     The logger's and the naive logger's queues outlive their processes on purpose (backlog
     rounds): they are removed at the end.
@@ -593,6 +697,10 @@ def queue_op(env: Environment, op: str, name: str) -> int:
             try:
                 queue = await channel.declare_queue(name, passive=True)
             except aiormq.exceptions.ChannelNotFoundEntity:
+                return 0
+            if op in ("bind", "unbind"):
+                method = queue.bind if op == "bind" else queue.unbind
+                await method(ALERTS_EXCHANGE, routing_key="sensor_value.#")
                 return 0
             if op == "purge":
                 result = await queue.purge()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import decimal
 import json
 import logging
 import uuid
@@ -369,3 +370,86 @@ async def test_a_value_that_cannot_be_text_does_not_block_the_logger(
         await eventually(lambda: logger.stored == 1)
         assert logger.dropped_malformed == 1
     assert [r[0] for r in rows(lab_database, "endpoint_string_data", name)] == ["fine"]
+
+
+async def test_alerts_are_read_whatever_else_their_headers_hold(
+    lab_database: str, amqp_url: str
+) -> None:
+    """The feed reads ``message_type`` and ``timestamp`` without decoding the other headers:
+    their order and extra headers of every kind do not matter, and a message of another type
+    takes the runtime's full-decode path (which stores it, as before)."""
+    import pika
+
+    name = f"order_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    logger = make_logger(lab_database, amqp_url)
+    extra = {
+        "x-array": [1, "two", {"three": decimal.Decimal("3.5")}, None],
+        "x-nested": {"deeper": {"deepest": True}},
+        "x-bytes": b"\x00\xff",
+        "x-stamp": dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        "sender_info": {"exe": "handmade", "service_name": "test"},
+    }
+    headers = [
+        # timestamp before message_type, extra headers between them
+        {"timestamp": "2026-01-02T03:04:05.000007Z", **extra, "message_type": 4},
+        {"message_type": 4, "timestamp": "2026-01-02T03:04:06.000000Z"},
+        {**extra, "timestamp": "2026-01-02T03:04:07.000000Z", "message_type": 2},  # a reply
+    ]
+
+    def publish() -> None:
+        conn = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = conn.channel()
+            for i, h in enumerate(headers):
+                channel.basic_publish(
+                    "alerts",
+                    f"sensor_value.{name}",
+                    json.dumps({"value_raw": float(i)}).encode(),
+                    pika.BasicProperties(
+                        content_encoding="application/json",
+                        message_id=f"{uuid.uuid4()}/0/1",
+                        headers=h,
+                    ),
+                )
+        finally:
+            conn.close()
+
+    async with running(logger):
+        await asyncio.to_thread(publish)
+        await eventually(lambda: logger.stored == 3)
+    assert rows(lab_database, "endpoint_numeric_data", name) == [
+        (0.0, None, dt.datetime(2026, 1, 2, 3, 4, 5, 7)),
+        (1.0, None, dt.datetime(2026, 1, 2, 3, 4, 6)),
+        (2.0, None, dt.datetime(2026, 1, 2, 3, 4, 7)),
+    ]
+    assert logger.dropped_malformed == 0
+
+
+async def test_memory_is_handed_back_once_a_burst_is_over(
+    lab_database: str, amqp_url: str, publisher: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a burst (here 20 values) the logger trims its heap once it has been idle for
+    TRIM_IDLE_S, once; a trickle below the burst size never trims."""
+    from insectarium.services import sensor_logger
+
+    trims: list[int] = []
+    monkeypatch.setattr(sensor_logger, "TRIM_AFTER_VALUES", 20)
+    monkeypatch.setattr(sensor_logger, "TRIM_IDLE_S", 0.3)
+    monkeypatch.setattr(sensor_logger, "release_soon", lambda delay_s=0.1: trims.append(1))
+    name = f"burst_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    logger = make_logger(lab_database, amqp_url, flush_interval_s=0.05)
+    async with running(logger):
+        for i in range(10):
+            await publisher(name, {"value_raw": i}, f"2026-01-02T03:04:{i:02d}.000000Z")
+        await eventually(lambda: logger.stored == 10)
+        await asyncio.sleep(0.8)
+        assert trims == []  # 10 values: not a burst
+        for i in range(10, 30):
+            await publisher(name, {"value_raw": i}, f"2026-01-02T03:04:{i:02d}.000000Z")
+        await eventually(lambda: logger.stored == 30)
+        await eventually(lambda: trims == [1])
+        await asyncio.sleep(0.8)
+        assert trims == [1]  # once per burst
+    assert len(rows(lab_database, "endpoint_numeric_data", name)) == 30

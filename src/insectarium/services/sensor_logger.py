@@ -55,6 +55,7 @@ from ..dripline.alert_feed import AlertFeed, FeedDelivery, connection_parameters
 from ..dripline.chunking import Delivery
 from ..dripline.constants import CONTENT_ENCODING
 from ..dripline.limits import MAX_TRACKED_NAMES
+from ..dripline.memory import release_soon
 from ..dripline.message import parse_timestamp
 from ..dripline.throttle import LogThrottle
 from .postgres import (
@@ -119,6 +120,10 @@ def as_json(value: Any) -> str | None:
 
 
 ACK_DELAY_S = 0.02  # finished deliveries acknowledged together within this delay
+#: a burst: this many values stored since the last trim ...
+TRIM_AFTER_VALUES = 20_000
+#: ... and then nothing to store for this long: give the burst's memory back (malloc_trim)
+TRIM_IDLE_S = 1.0
 
 
 @dataclass
@@ -193,6 +198,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self.id_map_sql = qualified(schema, id_map_table)
         self.data_tables = dict(DEFAULT_DATA_TABLES if data_tables is None else data_tables)
         self._table_sql = {t: qualified(schema, n) for t, n in self.data_tables.items()}
+        self._copy_sql: dict[str, sql.Composable] = {}  # kind -> its COPY statement
         for kind in self.data_tables:
             identifier(kind, "endpoint type")
         self.metadata_sql = qualified(schema, metadata_table) if metadata_table else None
@@ -222,6 +228,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         self._wake = asyncio.Event()  # a new batch was started
         self._full = asyncio.Event()  # the batch reached flush_at values
         self._writer: asyncio.Task[None] | None = None
+        self._since_trim = 0  # values stored since memory was last handed back
+        self._trim_check: asyncio.TimerHandle | None = None
         # what happened so far, for the status reply and the log
         self.stored = 0
         self.duplicates = 0
@@ -338,6 +346,9 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         if self._feed is not None:
             await self._feed.stop()
             self._feed = None
+        if self._trim_check is not None:
+            self._trim_check.cancel()
+            self._trim_check = None
         await super().stop()
 
     # ----------------------------------------------------------------- endpoint_id_map
@@ -606,14 +617,21 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
 
     def _lean_fields(self, incoming: Any) -> tuple[Any, str] | None:
         """(payload, timestamp) of a plain single-chunk JSON alert; ``None`` → runtime path."""
-        headers = incoming.headers or {}
-        if (
-            incoming.content_encoding != CONTENT_ENCODING
-            or not (incoming.message_id or "").endswith("/0/1")
-            or headers.get("message_type") != MsgType.ALERT
-        ):
+        if incoming.content_encoding != CONTENT_ENCODING or not (
+            incoming.message_id or ""
+        ).endswith("/0/1"):
             return None
-        stamp = headers.get("timestamp")
+        fields_of = getattr(incoming, "header_fields", None)
+        if fields_of is not None:  # the pika feed: two headers read, the rest left encoded
+            fields = fields_of(b"message_type", b"timestamp")
+            if fields is None:
+                return None  # a malformed header table: the runtime path reports it
+            message_type, stamp = fields.get(b"message_type"), fields.get(b"timestamp")
+        else:
+            headers = incoming.headers or {}
+            message_type, stamp = headers.get("message_type"), headers.get("timestamp")
+        if message_type != MsgType.ALERT:
+            return None
         if isinstance(stamp, bytes):
             stamp = stamp.decode("utf-8", "replace")
         try:
@@ -688,6 +706,35 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 self._finished(acks, tag, incoming)
             if self._batch is not None:
                 self._wake.set()
+            self._since_trim += batch.size
+            if self._since_trim >= TRIM_AFTER_VALUES and self._trim_check is None:
+                self._trim_check = asyncio.get_running_loop().call_later(
+                    TRIM_IDLE_S, self._trim_when_idle, self.stored
+                )
+            # not kept while waiting for the next one: its rows and deliveries (thousands of
+            # small objects) would pin the memory of the whole burst
+            batch.rows.clear()
+            batch.memos.clear()
+            batch.deliveries.clear()
+            del batch
+
+    def _trim_when_idle(self, stored_before: int) -> None:
+        """After a burst, once nothing was stored for :data:`TRIM_IDLE_S`: hand the memory the
+        burst used back to the system.
+
+        Measured (bench/README, round 2): after draining 50 000 queued alerts this gives back
+        what glibc holds, 0.3-1 MiB of the ~5 MiB the logger grew; the rest is CPython arenas
+        pinned by the few objects that outlive a burst.  While values keep coming (a lab's
+        steady stream) the check only re-arms itself once a second and never trims.
+        """
+        if self.stored != stored_before or self._batch is not None:  # still busy: look again
+            self._trim_check = asyncio.get_running_loop().call_later(
+                TRIM_IDLE_S, self._trim_when_idle, self.stored
+            )
+            return
+        self._trim_check = None
+        self._since_trim = 0
+        release_soon(0.0)
 
     async def _write_with_retry(self, batch: Batch) -> None:
         delay = 0.2
@@ -742,9 +789,11 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
     async def _copy_rows(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> None:
         async with conn.cursor() as cur:
             for kind, rows in batch.rows.items():
-                statement = sql.SQL("COPY {} ({}) FROM STDIN").format(
-                    self._table_sql[kind], self._columns()
-                )
+                statement = self._copy_sql.get(kind)
+                if statement is None:
+                    statement = self._copy_sql[kind] = sql.SQL("COPY {} ({}) FROM STDIN").format(
+                        self._table_sql[kind], self._columns()
+                    )
                 async with cur.copy(statement) as copy:
                     for row in rows:
                         await copy.write_row(row)
