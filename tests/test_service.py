@@ -459,3 +459,21 @@ async def test_a_service_serves_on_after_the_broker_closed_its_channel(
 
         await eventually(answered, timeout=20, interval=0.2)
         assert underlay.is_closed  # it really was another channel that answered
+
+
+async def test_a_message_of_many_windows_of_chunks_arrives_whole(mesh: Any, auth: Any) -> None:
+    """A request of more chunks than are confirmed together (``CHUNKS_IN_FLIGHT``) goes out in
+    windows, mandatory and confirmed, and the reply (not confirmed) as well: both arrive whole."""
+    from insectarium.dripline.limits import CHUNKS_IN_FLIGHT
+
+    small = mesh.model_copy(update={"max_payload_size": 1000})
+    name = unique("windows")
+    svc = Service(name, dripline_mesh=small, authentication=auth, heartbeat_interval_s=0)
+    svc.add_endpoint(KeyValueStore(f"{name}_v", initial_value=0))
+    value = "".join(f"{i:07d}" for i in range(int(CHUNKS_IN_FLIGHT * 2.5 * 1000 / 7)))
+    async with (
+        running(svc),
+        Interface(dripline_mesh=small, authentication=auth, timeout_s=30) as dl,
+    ):
+        await dl.set(f"{name}_v", value)
+        assert (await dl.get(f"{name}_v"))["value_raw"] == value

@@ -60,6 +60,10 @@ SCHEDULED_ALERTS_IN_FLIGHT = 64
 logging loop goes on ticking up to this many (a broker that shuts down holds confirms for
 seconds), then waits for one to finish."""
 
+CHUNKS_IN_FLIGHT = 64
+"""Chunks of one large message published before their confirms are awaited: one broker round
+trip per window instead of per chunk (a 32 MB snapshot is 3 200 chunks of 10 kB)."""
+
 MAX_NAME_LENGTH = 255
 """Characters of a name a request gives (a run name); names are indexed and shown in tables."""
 
