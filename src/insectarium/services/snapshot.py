@@ -34,6 +34,7 @@ import datetime as dt
 import json
 import logging
 import re
+from collections.abc import Iterable
 from typing import Any, Literal
 
 from psycopg import sql
@@ -194,50 +195,6 @@ class SQLSnapshot(Endpoint):
                 out[targets[eid][0]] = text
         return out
 
-    def _point(self, stamp: str, raw: Any, cal: Any) -> dict[str, Any]:
-        point: dict[str, Any] = {"timestamp": stamp}
-        for f in self.payload_fields:
-            point[f] = raw if f == "value_raw" else cal
-        return point
-
-    async def _logs(
-        self, conn: Any, targets: dict[int, tuple[str, str]], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, list[dict[str, Any]]]:
-        out: dict[str, list[dict[str, Any]]] = {}
-        for kind, table in self.tables.items():
-            ids = [i for i, (_n, t) in targets.items() if t == kind]
-            if not ids:
-                continue
-            query = sql.SQL(
-                'SELECT endpoint_id, to_char("timestamp", {fmt}), value_raw, value_cal '
-                'FROM {table} WHERE endpoint_id = ANY(%s) AND "timestamp" BETWEEN %s AND %s '
-                'ORDER BY endpoint_id, "timestamp"'
-            ).format(fmt=sql.Literal(SQL_TIME_FORMAT), table=table)
-            async with conn.cursor() as cur:
-                async for eid, stamp, raw, cal in cur.stream(query, (ids, start, end)):
-                    out.setdefault(targets[eid][0], []).append(self._point(stamp, raw, cal))
-        return out
-
-    async def _latest(
-        self, conn: Any, targets: dict[int, tuple[str, str]], before: dt.datetime
-    ) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for kind, table in self.tables.items():
-            ids = [i for i, (_n, t) in targets.items() if t == kind]
-            if not ids:
-                continue
-            query = sql.SQL(
-                "SELECT e.id, to_char(l.ts, {fmt}), l.value_raw, l.value_cal "
-                "FROM unnest(%s::int[]) AS e(id) CROSS JOIN LATERAL ("
-                '  SELECT "timestamp" AS ts, value_raw, value_cal FROM {table} '
-                '  WHERE endpoint_id = e.id AND "timestamp" < %s '
-                '  ORDER BY "timestamp" DESC LIMIT 1) AS l'
-            ).format(fmt=sql.Literal(SQL_TIME_FORMAT), table=table)
-            cur = await conn.execute(query, (ids, before))
-            for eid, stamp, raw, cal in await cur.fetchall():
-                out[targets[eid][0]] = self._point(stamp, raw, cal)
-        return out
-
     def _window(self, start: Any, end: Any) -> tuple[dt.datetime, dt.datetime]:
         begin = exact_timestamp(start, "start")
         finish = exact_timestamp(end, "end")
@@ -248,25 +205,23 @@ class SQLSnapshot(Endpoint):
         return begin, finish
 
     # ----------------------------------------------------------------- commands
-    async def get_logs(
-        self, start: str, end: str, names: list[str] | None = None
-    ) -> dict[str, list[dict[str, Any]]]:
-        """Values logged between ``start`` and ``end`` (inclusive), by endpoint name."""
+    async def get_logs(self, start: str, end: str, names: list[str] | None = None) -> RawJSON:
+        """Values logged between ``start`` and ``end`` (inclusive), by endpoint name
+        (``{name: [point, …]}``, rendered by the server as the snapshot is)."""
         begin, finish = self._window(start, end)
         db = self._db()
         async with db.connection() as conn:
             try:
                 targets = await self._targets(conn, names or self.target_items)
-                return await self._logs(conn, targets, begin, finish)
+                logs = await self._log_texts(conn, targets, begin, finish)
             except ThrowReply:
                 raise
             except Exception as exc:
                 raise database_error(db, exc, "reading logged values") from None
+        return _json_object((name, f"[{points}]") for name, (_count, points) in logs.items())
 
-    async def get_latest(
-        self, timestamp: str, names: list[str] | None = None
-    ) -> dict[str, dict[str, Any]]:
-        """The newest value of each endpoint strictly before ``timestamp``."""
+    async def get_latest(self, timestamp: str, names: list[str] | None = None) -> RawJSON:
+        """The newest value of each endpoint strictly before ``timestamp`` (``{name: point}``)."""
         before = exact_timestamp(timestamp, "timestamp")
         if isinstance(names, str):
             names = [names]
@@ -274,11 +229,12 @@ class SQLSnapshot(Endpoint):
         async with db.connection() as conn:
             try:
                 targets = await self._targets(conn, names or self.target_items)
-                return await self._latest(conn, targets, before)
+                latest = await self._latest_texts(conn, targets, before)
             except ThrowReply:
                 raise
             except Exception as exc:
                 raise database_error(db, exc, "reading latest values") from None
+        return _json_object(latest.items())
 
     async def snapshot(self, start: str, end: str) -> RawJSON:
         """The snapshot contents (``{endpoint: [point, …]}``, JSON): latest before ``start``
@@ -302,19 +258,19 @@ class SQLSnapshot(Endpoint):
                 raise
             except Exception as exc:
                 raise database_error(db, exc, "taking a snapshot") from None
-        entries: list[str] = []
+        entries: list[tuple[str, str]] = []
         values = 0
         for name, _kind in sorted(targets.values()):
             count, window = logs.get(name, (0, ""))
             points = [p for p in (latest.get(name), window) if p]
             if points:
-                entries.append(f"{json.dumps(name)}:[{','.join(points)}]")
+                entries.append((name, f"[{','.join(points)}]"))
                 values += count + (name in latest)
             else:
                 log.warning("snapshot %s..%s: no value at all for %s", start, end, name)
         if not entries:
             log.critical("snapshot %s..%s is empty: no logged values for any target", start, end)
-        return RawJSON("{" + ",".join(entries) + "}"), len(entries), values
+        return _json_object(entries), len(entries), values
 
     async def take_snapshot(
         self,
@@ -359,3 +315,8 @@ class SQLSnapshot(Endpoint):
         )
         release_soon()  # the snapshot's rows are dropped with this request
         return {**summary, "metadata_target": metadata_target, "filename": filename}
+
+
+def _json_object(members: Iterable[tuple[str, str]]) -> RawJSON:
+    """A JSON object from names and their values' JSON text."""
+    return RawJSON("{" + ",".join(f"{json.dumps(name)}:{text}" for name, text in members) + "}")
