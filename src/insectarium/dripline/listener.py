@@ -318,16 +318,9 @@ class Listener:
     def _step(client: OneShotClient, deadline: float) -> None:
         """Read one frame (a whole delivery once it begins; it goes to the client's inbox)."""
         channel, value = client._read_frame(deadline)
+        client.answer_close(channel, value)
         if isinstance(value, _cmd.Basic.Deliver):
             client._read_content(value.routing_key, deadline)
-        elif isinstance(value, _cmd.Connection.Close):
-            with contextlib.suppress(OSError):
-                client._send(_cmd.Connection.CloseOk())
-            raise _ConnectionClosed(value.reply_code, value.reply_text)
-        elif isinstance(value, _cmd.Channel.Close):
-            with contextlib.suppress(OSError):
-                client._send(_cmd.Channel.CloseOk(), channel)
-            raise _ChannelClosed(value.reply_code, value.reply_text)
         elif isinstance(value, _cmd.Basic.Cancel):
             raise _ConsumerCancelled(0, "the broker cancelled the consumer")
         # heartbeats, Connection.Blocked/Unblocked and the like: the arrival itself counts

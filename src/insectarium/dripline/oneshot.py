@@ -341,14 +341,7 @@ class OneShotClient:
             channel, value = self._read_frame(deadline)
             if isinstance(value, _heartbeat.Heartbeat):
                 continue
-            if isinstance(value, _cmd.Connection.Close):
-                with contextlib.suppress(OSError):
-                    self._send(_cmd.Connection.CloseOk())
-                raise _ConnectionClosed(value.reply_code, value.reply_text)
-            if isinstance(value, _cmd.Channel.Close):
-                with contextlib.suppress(OSError):
-                    self._send(_cmd.Channel.CloseOk(), channel)
-                raise _ChannelClosed(value.reply_code, value.reply_text)
+            self.answer_close(channel, value)
             if isinstance(value, _cmd.Basic.Deliver):
                 self._read_content(value.routing_key, deadline)
                 return None
@@ -368,6 +361,18 @@ class OneShotClient:
     def _call(self, method: Any, reply: type) -> Any:
         self._send(method, 1)
         return self._expect(reply)
+
+    def answer_close(self, channel: int, value: Any) -> None:
+        """If ``value`` is the broker closing the connection or a channel: answer it (as the
+        protocol asks) and raise :class:`_ConnectionClosed` / :class:`_ChannelClosed`."""
+        if isinstance(value, _cmd.Connection.Close):
+            with contextlib.suppress(OSError):
+                self._send(_cmd.Connection.CloseOk())
+            raise _ConnectionClosed(value.reply_code, value.reply_text)
+        if isinstance(value, _cmd.Channel.Close):
+            with contextlib.suppress(OSError):
+                self._send(_cmd.Channel.CloseOk(), channel)
+            raise _ChannelClosed(value.reply_code, value.reply_text)
 
     def _read_content(self, routing_key: str, deadline: float | None) -> None:
         """Header and body frames of a delivery; the body is bounded by max_message_size."""
