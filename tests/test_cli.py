@@ -173,6 +173,34 @@ async def test_interface_honours_its_timeout_when_the_broker_is_unreachable() ->
     assert time.monotonic() - started < 15
 
 
+async def test_a_failed_connection_attempt_leaves_no_open_connection_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each attempt's connection object is closed when the attempt fails: left to the garbage
+    collector, its ``close()`` coroutine may never run (aio-pika's ``connect_robust`` dropped
+    it open; pytest reported "coroutine 'RobustConnection.close' was never awaited")."""
+    import aio_pika
+
+    from insectarium.dripline.config import MeshConfig
+    from insectarium.dripline.config_files import Credentials
+    from insectarium.dripline.connection import BrokerUnavailable, Connection
+    from insectarium.testing.servers import free_port
+
+    made: list[aio_pika.RobustConnection] = []
+    init = aio_pika.RobustConnection.__init__
+
+    def remembering_init(self: aio_pika.RobustConnection, *args: object, **kw: object) -> None:
+        init(self, *args, **kw)
+        made.append(self)
+
+    monkeypatch.setattr(aio_pika.RobustConnection, "__init__", remembering_init)
+    mesh = MeshConfig(broker="127.0.0.1", broker_port=free_port(), max_connection_attempts=3)
+    with pytest.raises(BrokerUnavailable, match="Connection refused"):
+        await Connection(mesh, Credentials(username="u", password="p")).connect(timeout_s=5)
+    assert len(made) == 3
+    assert all(c.is_closed for c in made)
+
+
 def test_help_everywhere() -> None:
     for name in ("dl-agent", "dl-serve", "dl-mon"):
         r = tool(name, "--help")
