@@ -127,6 +127,35 @@ def broker_args(amqp_url: str, tmp_path_factory: pytest.TempPathFactory) -> list
     return ["-b", u.hostname or "localhost", "-p", str(u.port or 5672), "--auth-file", str(auth)]
 
 
+def dl_mon_one_alert(args: list[str], send: Callable[[], object]) -> tuple[int, str, str]:
+    """Run ``dl-mon <args> -n 1`` and call ``send`` (which publishes an alert it listens to)
+    once a second until dl-mon exits after showing one, at most 20 s.
+
+    Returns dl-mon's exit status, its output, and the first line it wrote to stderr (what it
+    said before the first alert was sent: "listening …" or why it could not).
+    """
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "insectarium.cli.mon", *args, "-n", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        first_line = proc.stderr.readline()
+        deadline = time.monotonic() + 20
+        while proc.poll() is None and time.monotonic() < deadline:
+            send()
+            try:
+                proc.wait(1)
+            except subprocess.TimeoutExpired:
+                continue
+        out, _err = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    return proc.returncode, out, first_line
+
+
 def run_cli(module: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """Run ``python -m insectarium.cli.<module> args…`` and capture its output."""
     return subprocess.run(

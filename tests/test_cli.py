@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .runtime_support import REPO, prefixed_kv_store, run_cli, unique
+from .runtime_support import REPO, dl_mon_one_alert, prefixed_kv_store, run_cli, unique
 
 
 def tool(name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -254,24 +254,11 @@ def test_serve_check_validates_repo_config_without_password(tmp_path: Path) -> N
 
 def test_mon_shows_an_alert(broker_args: list[str]) -> None:
     key = f"sensor_value.{unique('mon')}"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "insectarium.cli.mon", *broker_args, "-a", key, "-n", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    returncode, out, _said = dl_mon_one_alert(
+        [*broker_args, "-a", key],
+        lambda: tool("dl-agent", *broker_args, "alert", key, "value_raw=4.5"),
     )
-    try:
-        deadline = time.monotonic() + 20
-        while proc.poll() is None and time.monotonic() < deadline:
-            tool("dl-agent", *broker_args, "alert", key, "value_raw=4.5")
-            try:
-                proc.wait(1)
-            except subprocess.TimeoutExpired:
-                continue
-        out, _err = proc.communicate(timeout=10)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0
+    assert returncode == 0
     assert key in out and '"value_raw": 4.5' in out
 
 

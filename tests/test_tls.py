@@ -21,7 +21,7 @@ from insectarium.dripline.connection import BrokerUnavailable, Connection
 from insectarium.services.kv_store import KeyValueStore
 from insectarium.testing.servers import RabbitMQServer, TLSFiles
 
-from .runtime_support import run_cli, running, unique
+from .runtime_support import dl_mon_one_alert, run_cli, running, unique
 
 
 class PKI:
@@ -249,9 +249,6 @@ def test_cli_names_a_missing_ca_file(tmp_path: Path) -> None:
 
 def test_dl_mon_listens_over_amqps(tls_broker: RabbitMQServer, pki: PKI, tmp_path: Path) -> None:
     """dl-mon's one-socket listener speaks TLS as dl-agent does (same client underneath)."""
-    import subprocess
-    import time
-
     auth = tmp_path / "auth.yaml"
     auth.write_text(
         f"dripline:\n  username: {tls_broker.user}\n  password: {tls_broker.password}\n"
@@ -259,26 +256,14 @@ def test_dl_mon_listens_over_amqps(tls_broker: RabbitMQServer, pki: PKI, tmp_pat
     common = ["-b", f"amqps://localhost:{tls_broker.tls_port}", "--auth-file", str(auth)]
     common += ["--tls-ca-file", str(pki.ca_file)]
     key = f"sensor_value.{unique('tls')}"
-    mon = subprocess.Popen(
-        [sys.executable, "-m", "insectarium.cli.mon", *common, "-a", key, "-n", "1"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert mon.stderr is not None and "listening" in mon.stderr.readline()
-        deadline = time.monotonic() + 20
-        while mon.poll() is None and time.monotonic() < deadline:
-            sent = run_cli("agent", *common, "alert", key, "value_raw=6.5")
-            assert sent.returncode == 0, sent.stderr
-            try:
-                mon.wait(1)
-            except subprocess.TimeoutExpired:
-                continue
-        out, _err = mon.communicate(timeout=10)
-    finally:
-        mon.kill()
-    assert mon.returncode == 0 and key in out and '"value_raw": 6.5' in out
+
+    def send() -> None:
+        sent = run_cli("agent", *common, "alert", key, "value_raw=6.5")
+        assert sent.returncode == 0, sent.stderr
+
+    returncode, out, said = dl_mon_one_alert([*common, "-a", key], send)
+    assert "listening" in said
+    assert returncode == 0 and key in out and '"value_raw": 6.5' in out
     wrong = run_cli(
         "mon", "-b", f"amqps://localhost:{tls_broker.tls_port}", "--auth-file", str(auth),
         "--tls-ca-file", str(pki.other_ca_file), "-a", key,
