@@ -171,16 +171,11 @@ class Interface:
             except Exception as exc:
                 return [local_reply(request, 403, f"Unable to send request: {exc}")]
             limit = timeout if timeout and timeout > 0 else None
-            if isinstance(inbox, asyncio.Future):
-                try:
-                    return [await asyncio.wait_for(inbox, limit)]
-                except TimeoutError:
-                    return [
-                        local_reply(
-                            request, 404, f"Timed out after {timeout:g} s waiting for a reply"
-                        )
-                    ]
             replies: list[Message] = []
+            if isinstance(inbox, asyncio.Future):
+                with contextlib.suppress(TimeoutError):
+                    replies.append(await asyncio.wait_for(inbox, limit))
+                return replies or [_timed_out(request, timeout)]
             deadline = None if limit is None else loop.time() + limit
             while True:
                 remaining = None if deadline is None else deadline - loop.time()
@@ -190,11 +185,7 @@ class Interface:
                     replies.append(await asyncio.wait_for(inbox.get(), remaining))
                 except TimeoutError:
                     break
-            if not replies:
-                return [
-                    local_reply(request, 404, f"Timed out after {timeout:g} s waiting for a reply")
-                ]
-            return replies
+            return replies or [_timed_out(request, timeout)]
         finally:
             self._waiting.pop(request.correlation_id, None)
 
@@ -330,3 +321,8 @@ class BlockingInterface:
             self._run(self._iface.close())
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=5)
+
+
+def _timed_out(request: Message, timeout: float) -> Message:
+    """The 404 a request gets locally when no reply came within ``timeout``."""
+    return local_reply(request, 404, f"Timed out after {timeout:g} s waiting for a reply")
