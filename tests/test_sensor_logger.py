@@ -169,6 +169,66 @@ async def test_durable_queue_keeps_values_sent_while_stopped(
     assert left.declaration_result.message_count == 0
 
 
+@pytest.mark.parametrize(
+    ("durable", "client"),
+    [(True, "pika"), (False, "pika"), (True, "aio-pika")],
+    ids=["durable", "exclusive", "durable-aio-pika"],
+)
+async def test_the_logger_stores_again_after_its_queue_was_deleted(
+    lab_database: str,
+    amqp_url: str,
+    publisher: Any,
+    rabbitmq_server: Any,
+    durable: bool,
+    client: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Someone deletes the logger's alert queue (``rabbitmqctl delete_queue``, the management
+    UI): the broker cancels the feed's consumer; the queue is declared and bound again and
+    the values published from then on are stored."""
+    name = f"requeued_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    queue = unique("sc_db_alerts")
+    logger = make_logger(
+        lab_database,
+        amqp_url,
+        alert_queue_name=queue,
+        alert_queue_durable=durable,
+        alert_client=client,
+    )
+    vhost = mesh_for(amqp_url).vhost
+
+    async def queue_exists() -> bool:  # rabbitmqctl takes a second: not on the loop
+        listed = await asyncio.to_thread(
+            rabbitmq_server.ctl, "list_queues", "-p", vhost, "--quiet", "name"
+        )
+        return queue in {line.strip() for line in listed.splitlines()}
+
+    try:
+        with caplog.at_level(logging.WARNING):
+            async with running(logger):
+                await publisher(name, {"value_raw": 1}, "2026-01-02T03:04:01.000000Z")
+                await eventually(lambda: logger.stored == 1)
+                await asyncio.to_thread(rabbitmq_server.ctl, "delete_queue", "-p", vhost, queue)
+                await eventually(queue_exists, timeout=20)
+
+                async def stored_again() -> bool:
+                    # the binding is back a moment after the queue: publish until one arrives
+                    await publisher(name, {"value_raw": 2}, "2026-01-02T03:04:02.000000Z")
+                    await asyncio.sleep(0.2)
+                    return logger.stored >= 2
+
+                await eventually(stored_again, timeout=20, interval=0.1)
+        assert [r[0] for r in rows(lab_database, "endpoint_numeric_data", name)] == [1.0, 2.0]
+        if client == "pika":  # aio-pika restores its own consumers (silently)
+            said = [r.getMessage() for r in caplog.records]
+            assert any("stopped our consumer of" in m and queue in m for m in said), said
+            assert any(m.endswith(f"consuming {queue} again") for m in said), said
+    finally:
+        if durable:
+            rabbitmq_server.ctl("delete_queue", "-p", vhost, queue, check=False)
+
+
 async def test_malformed_alerts_are_dropped_and_the_logger_keeps_going(
     lab_database: str, amqp_url: str, publisher: Any, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -461,6 +461,42 @@ async def test_a_service_serves_on_after_the_broker_closed_its_channel(
         assert underlay.is_closed  # it really was another channel that answered
 
 
+async def test_a_service_and_a_client_consume_again_after_their_queues_were_deleted(
+    mesh: Any, auth: Any, rabbitmq_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Someone deletes a service's request queue and a client's reply queue (``rabbitmqctl
+    delete_queue``, the management UI, a policy): the broker cancels both consumers; the
+    queues are declared and bound again, consumed anew, and requests get answers again."""
+    name = unique("deleted")
+    service = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+    service.add_endpoint(KeyValueStore(f"{name}_v", initial_value=7))
+
+    def queues() -> set[str]:
+        listed = rabbitmq_server.ctl("list_queues", "-p", mesh.vhost, "--quiet", "name")
+        return {line.strip() for line in listed.splitlines()[1:] if line.strip()}
+
+    async def answered() -> bool:
+        try:
+            return (await dl.get(f"{name}_v", timeout_s=1))["value_raw"] == 7
+        except ReplyError:
+            return False
+
+    async with running(service):
+        before = queues()
+        async with Interface(dripline_mesh=mesh, authentication=auth, timeout_s=2) as dl:
+            assert await answered()
+            (reply_queue,) = {q for q in queues() - before if q.startswith("amq_")}
+            assert name in before
+            with caplog.at_level(logging.WARNING, logger="insectarium.dripline.connection"):
+                rabbitmq_server.ctl("delete_queue", "-p", mesh.vhost, name)
+                rabbitmq_server.ctl("delete_queue", "-p", mesh.vhost, reply_queue)
+                assert not {name, reply_queue} & queues()
+                await eventually(answered, timeout=20, interval=0.2)
+            assert {name, reply_queue} <= queues()
+            again = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
+            assert f"consuming {name} again" in again and f"consuming {reply_queue} again" in again
+
+
 async def test_a_message_of_many_windows_of_chunks_arrives_whole(mesh: Any, auth: Any) -> None:
     """A request of more chunks than are confirmed together (``CHUNKS_IN_FLIGHT``) goes out in
     windows, mandatory and confirmed, and the reply (not confirmed) as well: both arrive whole."""

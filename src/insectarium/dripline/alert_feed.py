@@ -24,6 +24,10 @@ The connection takes the service's broker, vhost, credentials and TLS settings (
 client certificate).  With a ``declare`` callback the feed declares its queue itself on every
 connection (an exclusive, auto-deleted queue must belong to the connection that consumes it);
 otherwise the queue must exist (a durable queue the service declared).
+
+If the broker cancels the feed's consumer (someone deleted the queue), the feed starts over
+as after a lost connection; a durable queue is first declared again by the service
+(``redeclare``, run on the loop), so values are stored again from that moment on.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import asyncio
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pika
@@ -223,6 +227,10 @@ def install_lean_properties() -> None:
     pika.spec.props[pika.spec.BasicProperties.INDEX] = LeanProperties
 
 
+class ConsumerCancelled(pika.exceptions.AMQPError):
+    """The broker cancelled the feed's consumer (its queue was deleted)."""
+
+
 class FeedGone(Exception):
     """The connection a delivery came on is gone: it cannot be acknowledged any more."""
 
@@ -343,6 +351,7 @@ class AlertFeed:
         deliver: Callable[[list[FeedDelivery]], None],
         loop: asyncio.AbstractEventLoop,
         declare: Callable[[Any], None] | None = None,
+        redeclare: Callable[[], Coroutine[Any, Any, object]] | None = None,
         name: str = "alert feed",
         retry_max_delay_s: float = 2.0,
     ) -> None:
@@ -352,6 +361,9 @@ class AlertFeed:
         self.deliver = deliver
         self.loop = loop
         self.declare = declare
+        #: declares a queue the service owns again, on the loop (after the queue was deleted)
+        self.redeclare = redeclare
+        self._redeclare_needed = False
         self.name = name
         self.retry_max_delay_s = retry_max_delay_s
         self._stop = threading.Event()
@@ -430,7 +442,17 @@ class AlertFeed:
                     self.error = exc  # refused at the start: the service reports it
                     self.consuming.set()
                     return
-                if not self._lost:
+                if isinstance(exc, ConsumerCancelled):
+                    log.warning(
+                        "%s: the broker stopped our consumer of %s (queue deleted?); "
+                        "consuming again",
+                        self.name,
+                        self.queue,
+                    )
+                    self._lost = True
+                    self._redeclare_needed = self.redeclare is not None
+                    delay = 0.25
+                elif not self._lost:
                     log.warning("%s: broker connection lost (%s); reconnecting", self.name, exc)
                     self._lost = True
                     delay = 0.25
@@ -446,7 +468,21 @@ class AlertFeed:
                 return
             delay = min(delay * 2, self.retry_max_delay_s)
 
+    def _redeclare(self) -> None:
+        """On the thread: have the loop declare the queue again; retried with the next attempt
+        if that fails (e.g. the broker is away)."""
+        if not self._redeclare_needed or self.redeclare is None:
+            return
+        future = asyncio.run_coroutine_threadsafe(self.redeclare(), self.loop)
+        try:
+            future.result(timeout=30)
+        except Exception as exc:
+            future.cancel()
+            raise pika.exceptions.AMQPError(f"declaring {self.queue} again: {exc}") from exc
+        self._redeclare_needed = False
+
     def _consume(self) -> None:
+        self._redeclare()
         connection = pika.BlockingConnection(self.parameters)
         try:
             channel = connection.channel()
@@ -460,6 +496,8 @@ class AlertFeed:
             def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
                 received.append(FeedDelivery(self, generation, method, properties, body))
 
+            cancelled: list[Any] = []
+            channel.add_on_cancel_callback(cancelled.append)
             channel.basic_consume(self.queue, on_message)
             self._generation = generation
             if self._lost:
@@ -477,6 +515,8 @@ class AlertFeed:
                 if received and not self._wakeup_pending:
                     self._wakeup_pending = True
                     self.loop.call_soon_threadsafe(self._hand_over)
+                if cancelled:  # what it delivered before is handed over: start over
+                    raise ConsumerCancelled(f"{self.queue}: consumer cancelled by the broker")
         finally:
             self._generation = None
             if connection.is_open:

@@ -110,7 +110,7 @@ class Interface:
             )
             await queue.bind(self.mesh.requests_exchange, routing_key=name)
             self._consumer_tag = await self._connection.consume(
-                queue.name, self._on_delivery, no_ack=True, exclusive=True
+                queue, self._on_delivery, no_ack=True, exclusive=True
             )
             self._reply_queue = queue
 

@@ -37,7 +37,12 @@ from typing import TYPE_CHECKING, Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractExchange, AbstractRobustChannel, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractExchange,
+    AbstractRobustChannel,
+    AbstractRobustConnection,
+    AbstractRobustQueue,
+)
 
 from .chunking import Delivery
 from .config_files import Credentials, tls_context
@@ -166,10 +171,12 @@ class Connection:
         self.reminder_interval = REPORT_INTERVAL_S
         self._lost_at: float | None = None
         self._reminder: asyncio.Task[None] | None = None
-        #: consumers started with :meth:`consume` (tag -> queue name, callback, options),
-        #: consumed again on the restored channel after each reconnection
-        self._consumers: dict[str, tuple[str, RawConsumer, dict[str, Any]]] = {}
+        #: consumers started with :meth:`consume` (tag -> queue, callback, options), consumed
+        #: again on the restored channel after each reconnection, and after a broker cancel
+        self._consumers: dict[str, tuple[AbstractRobustQueue, RawConsumer, dict[str, Any]]] = {}
         self._restoring: asyncio.Task[None] | None = None
+        #: consumers being resumed after the broker cancelled them (tag -> task)
+        self._resuming: dict[str, asyncio.Task[None]] = {}
 
     @property
     def url_for_humans(self) -> str:
@@ -347,7 +354,7 @@ class Connection:
     # ----------------------------------------------------------------- consuming
     async def consume(
         self,
-        queue: str,
+        queue: AbstractRobustQueue,
         callback: RawConsumer,
         *,
         no_ack: bool = False,
@@ -360,20 +367,28 @@ class Connection:
         attribute sets) and runs the callback in a second task; a dripline peer needs neither
         (:func:`delivery_of` takes what the codec reads).  The queue itself stays aio-pika's
         robust one (declared and bound again after a reconnection); the consumer is restored
-        here, on the restored channel, under its old tag.
+        here, on the restored channel, under its old tag.  If the broker cancels it (someone
+        deleted the queue: ``rabbitmqctl delete_queue``, the management UI, a policy), the
+        queue is declared and bound again and consumed anew (:meth:`_consume_again`).
         """
         assert self.channel is not None
         underlay = await self.channel.get_underlay_channel()
         options = {"no_ack": no_ack, "exclusive": exclusive}
-        ok = await underlay.basic_consume(queue, callback, consumer_tag=consumer_tag, **options)
+        ok = await underlay.basic_consume(
+            queue.name, callback, consumer_tag=consumer_tag, **options
+        )
         tag = ok.consumer_tag
         assert tag is not None
         self._consumers[tag] = (queue, callback, options)
+        underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
         return tag
 
     async def cancel(self, consumer_tag: str) -> None:
         """Stop a consumer started with :meth:`consume` (and forget it for reconnections)."""
         self._consumers.pop(consumer_tag, None)
+        resuming = self._resuming.pop(consumer_tag, None)
+        if resuming is not None:
+            resuming.cancel()
         if self.channel is not None and not self.channel.is_closed:
             underlay = await self.channel.get_underlay_channel()
             await underlay.basic_cancel(consumer_tag)
@@ -383,13 +398,44 @@ class Connection:
             self._restoring = asyncio.get_running_loop().create_task(self._restore_consumers())
 
     def _on_consumer_cancel(self, frame: Any) -> None:
-        """The broker cancelled one of our consumers (its queue was deleted): recover the
-        connection, as aio-pika does for its own consumers, so the queue comes back."""
-        if frame.consumer_tag in self._consumers and self.connection is not None:
-            log.warning("the broker cancelled consuming %s; recovering", frame.consumer_tag)
-            recover = getattr(self.connection, "_request_recovery", None)
-            if recover is not None:
-                recover()
+        """The broker cancelled one of our consumers (on aiormq's reader: must not wait)."""
+        tag = frame.consumer_tag
+        entry = self._consumers.get(tag)
+        if entry is None or tag in self._resuming:
+            return
+        log.warning(
+            "the broker stopped our consumer of %s (queue deleted?); consuming again", entry[0].name
+        )
+        task = asyncio.get_running_loop().create_task(self._consume_again(tag))
+        self._resuming[tag] = task
+        task.add_done_callback(lambda _t: self._resuming.pop(tag, None))
+
+    async def _consume_again(self, tag: str) -> None:
+        """Declare and bind the queue again (aio-pika's robust queue knows how) and consume it
+        under the same tag; retried with back-off until it works or the consumer is
+        cancelled.  aio-pika does this for consumers of its own ``Queue.consume`` only."""
+        delay = 0.25
+        while (entry := self._consumers.get(tag)) is not None:
+            queue, callback, options = entry
+            try:
+                channel = self.channel
+                if channel is None or channel.is_closed:
+                    return  # the channel's reopening restores every consumer
+                await queue.restore()  # queue_declare and its bindings, on the current channel
+                underlay = await channel.get_underlay_channel()
+                if tag not in underlay.consumers:
+                    await underlay.basic_consume(queue.name, callback, consumer_tag=tag, **options)
+                log.warning("consuming %s again", queue.name)
+                return
+            except Exception as exc:
+                log.warning(
+                    "could not consume %s again (%s); retrying in %.2g s",
+                    queue.name,
+                    describe_error(exc),
+                    delay,
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.reconnect_interval * 4)
 
     async def _restore_consumers(self) -> None:
         """After aio-pika reopened the channel and restored its queues and bindings (after a
@@ -398,15 +444,20 @@ class Connection:
             try:
                 assert self.channel is not None
                 underlay = await self.channel.get_underlay_channel()
-                await underlay.basic_consume(queue, callback, consumer_tag=tag, **options)
+                await underlay.basic_consume(queue.name, callback, consumer_tag=tag, **options)
                 underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
             except Exception as exc:
-                log.error("could not consume %s again after its channel reopened: %s", queue, exc)
+                log.error(
+                    "could not consume %s again after its channel reopened: %s", queue.name, exc
+                )
 
     async def close(self) -> None:
         if self._restoring is not None:
             self._restoring.cancel()
             self._restoring = None
+        for task in list(self._resuming.values()):
+            task.cancel()
+        self._resuming.clear()
         if self._reminder is not None:
             self._reminder.cancel()
             self._reminder = None

@@ -184,7 +184,7 @@ class Service(Endpoint):
             await self._queue.bind(self.mesh.requests_exchange, routing_key=key)
         await self.setup_consumers()
         self._consumer_tag = await self.connection.consume(
-            self._queue.name, self._on_delivery, exclusive=True
+            self._queue, self._on_delivery, exclusive=True
         )
         self._running = True
         if self.enable_scheduling:

@@ -193,6 +193,8 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             raise ValueError(f"alert_client must be pika or aio-pika, not {alert_client!r}")
         self.alert_client = alert_client
         self._feed: AlertFeed | None = None
+        #: the durable queue as last declared (its channel is the service's, not the feed's)
+        self._durable_declared: Any = None
         self._feed_slices: asyncio.Queue[list[FeedDelivery]] = asyncio.Queue()
         self.schema = schema
         self.id_map_sql = qualified(schema, id_map_table)
@@ -259,7 +261,17 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         assert self.connection is not None
         durable = self._durable_queue() if self.alert_queue_durable else None
         if durable is not None:
-            await durable.declare()
+            self._durable_declared = await durable.declare()
+
+        async def declare_again() -> None:
+            """Someone deleted the durable queue: it and its bindings again (the channel of
+            the previous declaration goes; ``declare`` opens one)."""
+            assert durable is not None
+            previous, self._durable_declared = self._durable_declared, await durable.declare()
+            if previous is not None:
+                with contextlib.suppress(Exception):
+                    await previous.channel.close()
+
         self.spawn(self._feed_loop(), name="alert-feed")
         self._feed = AlertFeed(
             connection_parameters(
@@ -272,6 +284,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             deliver=self._feed_slices.put_nowait,
             loop=asyncio.get_running_loop(),
             declare=None if durable is not None else self._declare_transient,
+            redeclare=declare_again if durable is not None else None,
             name=f"{self.name} alert feed",
             # as often as the service's own connection retries: both come back together
             retry_max_delay_s=self.connection.reconnect_interval,
