@@ -17,6 +17,8 @@ import pika.exceptions
 import pika.frame
 import pika.spec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pamqp import encode as pamqp_encode
 
 from insectarium.dripline.alert_feed import LeanProperties, install_lean_properties, table_fields
@@ -188,11 +190,18 @@ def test_a_header_frame_from_the_wire_is_decoded_lean_once_installed() -> None:
         # a length that runs past the end of the table
         table(field(b"sender_info", b"F", struct.pack(">I", 999)), field(b"timestamp", b"V", b"")),
         struct.pack(">I", 50) + field(b"timestamp", b"V", b""),
+        # a wanted field that is a broken nested table (pika's decoder: struct.error)
+        table(field(b"message_type", b"F", struct.pack(">I", 3) + b"\x01k")),
+        # a broken array and a timestamp out of range among the fields that are skipped
+        table(field(b"list", b"A", struct.pack(">I", 1) + b"?"), field(b"timestamp", b"V", b"")),
+        table(field(b"when", b"T", b"\xff" * 8), field(b"timestamp", b"V", b"")),
     ],
 )
 def test_a_malformed_table_is_not_read_as_fields(raw: bytes) -> None:
     assert table_fields(raw, (b"message_type", b"timestamp")) is None
-    with pytest.raises((pika.exceptions.InvalidFieldTypeException, struct.error, IndexError)):
+    with pytest.raises(
+        (pika.exceptions.InvalidFieldTypeException, struct.error, IndexError, OverflowError)
+    ):
         _, end = pika.data.decode_table(raw, 0)
         if end != len(raw):  # pika stops at the declared end; the rest is garbage
             raise IndexError("trailing bytes")
@@ -203,3 +212,36 @@ def test_a_header_table_longer_than_its_frame_is_refused() -> None:
     data[2:6] = struct.pack(">I", 10_000)
     with pytest.raises(ValueError, match="longer than"):
         LeanProperties().decode(bytes(data))
+
+
+def _pika_fields(raw: bytes, wanted: tuple[bytes, ...]) -> dict[bytes, Any] | None:
+    """What the full decode gives for ``wanted``; ``None`` where pika refuses the table.  (What
+    follows the table's declared length is the next property in a frame: not pika's concern.)"""
+    try:
+        headers, _ = pika.data.decode_table(raw, 0)
+    except Exception:
+        return None
+    return {k: headers[k.decode()] for k in wanted if k.decode() in headers}
+
+
+@given(
+    positions=st.lists(st.integers(min_value=0, max_value=10_000), min_size=1, max_size=4),
+    values=st.lists(st.integers(min_value=0, max_value=255), min_size=4, max_size=4),
+    cut=st.one_of(st.none(), st.integers(min_value=0, max_value=10_000)),
+)
+@settings(max_examples=3000, deadline=None)
+def test_a_corrupted_table_reads_as_pika_reads_it_or_not_at_all(
+    positions: list[int], values: list[int], cut: int | None
+) -> None:
+    """1-4 bytes of a real alert's header table changed, or the table cut short: the lean
+    reading is pika's reading of the wanted fields, or ``None`` (then the full decode gives
+    pika's error); never fields of a table pika refuses, e.g. one whose nested
+    ``sender_info`` or array is broken."""
+    raw = bytearray(every_type_table())
+    for position, value in zip(positions, values, strict=False):
+        raw[position % len(raw)] = value
+    corrupted = bytes(raw if cut is None else raw[: cut % len(raw)])
+    wanted = (b"message_type", b"timestamp")
+    lean = table_fields(corrupted, wanted)
+    if lean is not None:
+        assert lean == _pika_fields(corrupted, wanted)

@@ -72,6 +72,16 @@ _FIXED_SIZE = {
 #: types whose value is a 32-bit length and that many bytes (long string, bytes, array, table)
 _SIZED = frozenset(map(ord, "SxAF"))
 _LONG_STRING = ord("S")
+#: types pika's decoder can refuse even at the right length (a nested table or array with a bad
+#: field inside, a timestamp out of range, a float or double that is NaN or infinite: pika turns
+#: both into integers): checked with pika's decoder when skipped, so that a table pika refuses
+#: is never read as fields
+_CHECKED = frozenset(map(ord, "FATfd"))
+#: encoded nested values pika decoded without error (a dripline peer sends the same
+#: ``sender_info`` with every message): bounded, forgotten all at once when full
+_VALID_NESTED: set[bytes] = set()
+VALID_NESTED_ENTRIES = 128
+VALID_NESTED_MAX_BYTES = 2048
 
 
 def _short_string(encoded: bytes, offset: int) -> tuple[str | bytes, int]:
@@ -120,9 +130,31 @@ def table_fields(table: bytes, wanted: tuple[bytes, ...]) -> dict[bytes, Any] | 
                 offset = key_end + 5 + int.from_bytes(table[key_end + 1 : key_end + 5])
             else:
                 return None
+            if kind in _CHECKED and not _decodes(table, key_end, offset):
+                return None
         return found if offset == end else None
-    except (IndexError, ValueError, pika.exceptions.InvalidFieldTypeException):
+    except Exception:  # pika's struct.error, IndexError, ...: the full decode reports it
         return None
+
+
+def _decodes(table: bytes, start: int, end: int) -> bool:
+    """Whether pika decodes the value at ``table[start:end]`` (type octet first) exactly."""
+    if end > len(table):
+        return False
+    encoded = table[start:end]
+    if encoded in _VALID_NESTED:
+        return True
+    try:
+        _, stop = pika.data.decode_value(table, start)
+    except Exception:  # whatever pika raises, the full decode reports it
+        return False
+    if stop != end:
+        return False
+    if len(encoded) <= VALID_NESTED_MAX_BYTES:
+        if len(_VALID_NESTED) >= VALID_NESTED_ENTRIES:
+            _VALID_NESTED.clear()
+        _VALID_NESTED.add(encoded)
+    return True
 
 
 class LeanProperties(pika.spec.BasicProperties):
