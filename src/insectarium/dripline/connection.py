@@ -59,6 +59,7 @@ from .errors import (
 )
 from .limits import CHUNKS_IN_FLIGHT, REPORT_INTERVAL_S
 from .message import Message, amqp_chunks, multi_chunk_warning
+from .throttle import LogThrottle
 
 if TYPE_CHECKING:  # a QuickMesh does as well (dl-mon reads its mesh without pydantic)
     from .config import MeshConfig
@@ -415,6 +416,7 @@ class Connection:
         under the same tag; retried with back-off until it works or the consumer is
         cancelled.  aio-pika does this for consumers of its own ``Queue.consume`` only."""
         delay = 0.25
+        failed = LogThrottle(log)  # a refusal that lasts: a line a minute, with a count
         while (entry := self._consumers.get(tag)) is not None:
             queue, callback, options = entry
             try:
@@ -428,12 +430,7 @@ class Connection:
                 log.warning("consuming %s again", queue.name)
                 return
             except Exception as exc:
-                log.warning(
-                    "could not consume %s again (%s); retrying in %.2g s",
-                    queue.name,
-                    describe_error(exc),
-                    delay,
-                )
+                failed("could not consume %s again (%s); retrying", queue.name, describe_error(exc))
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_interval * 4)
 
