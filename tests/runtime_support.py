@@ -198,3 +198,17 @@ def prefixed_kv_store(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def private_vhost(rabbitmq_server: Any, amqp_url: str) -> Iterator[str]:
+    """A vhost of its own for a test that deletes shared things (an exchange), with every
+    permission for the test broker's user; deleted afterwards."""
+    vhost = f"/{unique('vhost')}"
+    user = unquote(urlparse(amqp_url).username or "guest")
+    rabbitmq_server.ctl("add_vhost", vhost)
+    try:
+        rabbitmq_server.ctl("set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+        yield vhost
+    finally:
+        rabbitmq_server.ctl("delete_vhost", vhost, check=False)

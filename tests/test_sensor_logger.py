@@ -7,6 +7,7 @@ Endpoint names are unique per test (registered in endpoint_id_map by the test) s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import decimal
 import json
@@ -22,7 +23,7 @@ from insectarium.dripline import Authentication, Message
 from insectarium.dripline.connection import Connection
 from insectarium.services.sensor_logger import SensorLogger
 
-from .runtime_support import auth_for, eventually, mesh_for, running, unique
+from .runtime_support import auth_for, eventually, mesh_for, private_vhost, running, unique
 
 
 def db_auth(dsn: str, amqp_url: str) -> tuple[Authentication, dict[str, Any]]:
@@ -227,6 +228,45 @@ async def test_the_logger_stores_again_after_its_queue_was_deleted(
     finally:
         if durable:
             rabbitmq_server.ctl("delete_queue", "-p", vhost, queue, check=False)
+
+
+async def test_the_logger_binds_again_after_the_alerts_exchange_was_deleted(
+    lab_database: str, amqp_url: str, rabbitmq_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any account that declares the exchanges may delete them: the logger's durable queue
+    loses its binding to ``alerts`` and the broker tells nobody; the logger binds again
+    every ``rebind_interval_s``, so values published afterwards are stored."""
+    import aio_pika
+
+    monkeypatch.setattr(Connection, "rebind_interval_s", 0.3)
+    name = f"rebound_{uuid.uuid4().hex[:6]}"
+    register(lab_database, **{name: "numeric"})
+    with private_vhost(rabbitmq_server, amqp_url) as vhost:
+        url = amqp_url.rstrip("/") + "/" + vhost.replace("/", "%2F")
+        logger = make_logger(
+            lab_database, url, alert_queue_name=unique("sc_db_alerts"), alert_queue_durable=True
+        )
+        sender = Connection(mesh_for(url), auth_for(url).dripline, name="test-publisher")
+        await sender.connect()
+        try:
+            async with running(logger):
+
+                async def stored(value: int) -> bool:
+                    msg = Message.alert(f"sensor_value.{name}", {"value_raw": value}, sender="t")
+                    msg.timestamp = f"2026-01-02T03:04:{value:02d}.000000Z"
+                    with contextlib.suppress(Exception):  # the first goes to a missing exchange
+                        await sender.publish(msg)
+                    await asyncio.sleep(0.2)
+                    return logger.stored >= value
+
+                await eventually(lambda: stored(1), timeout=10, interval=0.1)
+                admin = await aio_pika.connect(url)
+                async with admin:
+                    await (await admin.channel()).exchange_delete(logger.mesh.alerts_exchange)
+                await eventually(lambda: stored(2), timeout=20, interval=0.1)
+        finally:
+            await sender.close()
+    assert [r[0] for r in rows(lab_database, "endpoint_numeric_data", name)] == [1.0, 2.0]
 
 
 async def test_malformed_alerts_are_dropped_and_the_logger_keeps_going(

@@ -23,7 +23,7 @@ from insectarium.dripline import (
 from insectarium.dripline.message import Message
 from insectarium.services.kv_store import KeyValueStore
 
-from .runtime_support import eventually, running, unique
+from .runtime_support import eventually, mesh_for, private_vhost, running, unique
 
 
 class Thermometer(Endpoint):
@@ -495,6 +495,44 @@ async def test_a_service_and_a_client_consume_again_after_their_queues_were_dele
             assert {name, reply_queue} <= queues()
             again = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
             assert f"consuming {name} again" in again and f"consuming {reply_queue} again" in again
+
+
+async def test_services_and_clients_bind_again_after_an_exchange_was_deleted(
+    amqp_url: str,
+    auth: Any,
+    rabbitmq_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Any account that declares the exchanges may delete them (dripline peers declare them):
+    every binding to ``requests`` goes, and the broker tells nobody.  Services and clients
+    bind their queues again every ``rebind_interval_s``."""
+    import aio_pika
+
+    from insectarium.dripline.connection import Connection
+
+    monkeypatch.setattr(Connection, "rebind_interval_s", 0.3)
+    with private_vhost(rabbitmq_server, amqp_url) as vhost:
+        mesh = mesh_for(amqp_url).model_copy(update={"vhost": vhost})
+        name = unique("rebound")
+        service = Service(name, dripline_mesh=mesh, authentication=auth, heartbeat_interval_s=0)
+        service.add_endpoint(KeyValueStore(f"{name}_v", initial_value=7))
+        async with (
+            running(service),
+            Interface(dripline_mesh=mesh, authentication=auth, timeout_s=1) as dl,
+        ):
+            assert (await dl.get(f"{name}_v"))["value_raw"] == 7
+            admin = await aio_pika.connect(amqp_url.rstrip("/") + "/" + vhost.replace("/", "%2F"))
+            async with admin:
+                channel = await admin.channel()
+                await channel.exchange_delete(mesh.requests_exchange)
+
+                async def answered() -> bool:
+                    try:
+                        return (await dl.get(f"{name}_v", timeout_s=1))["value_raw"] == 7
+                    except ReplyError:
+                        return False
+
+                await eventually(answered, timeout=20, interval=0.2)
 
 
 async def test_a_message_of_many_windows_of_chunks_arrives_whole(mesh: Any, auth: Any) -> None:

@@ -84,6 +84,13 @@ class AlertConsumer(Service):
                 await queue.bind(exchange, routing_key=key)
         self._alert_consumer_tag = await queue.consume(self._on_alert_delivery)
         self._alert_queue = queue
+
+        async def bind_again() -> None:
+            """In case the alerts exchange was deleted (its bindings went with it)."""
+            for key in self.alert_keys:
+                await queue.bind(self.mesh.alerts_exchange, routing_key=key)
+
+        self.connection.rebinders.append(bind_again)
         if self.alert_queue_durable:
             await durable.finish_upgrade()
         log.info(

@@ -147,6 +147,9 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 
 class Connection:
+    #: how often a consuming connection binds its queues again (:meth:`_keep_bound`)
+    rebind_interval_s = 15.0
+
     def __init__(
         self,
         mesh: MeshConfig | QuickMesh,
@@ -178,6 +181,10 @@ class Connection:
         self._restoring: asyncio.Task[None] | None = None
         #: consumers being resumed after the broker cancelled them (tag -> task)
         self._resuming: dict[str, asyncio.Task[None]] = {}
+        #: awaited every ``rebind_interval_s``: bind queues that are not consumed through
+        #: :meth:`consume` again (alert queues)
+        self.rebinders: list[Callable[[], Awaitable[object]]] = []
+        self._rebinding: asyncio.Task[None] | None = None
 
     @property
     def url_for_humans(self) -> str:
@@ -382,6 +389,8 @@ class Connection:
         assert tag is not None
         self._consumers[tag] = (queue, callback, options)
         underlay.on_consumer_cancel_callbacks.add(self._on_consumer_cancel)
+        if self._rebinding is None and self.rebind_interval_s > 0:
+            self._rebinding = asyncio.get_running_loop().create_task(self._keep_bound())
         return tag
 
     async def cancel(self, consumer_tag: str) -> None:
@@ -434,6 +443,28 @@ class Connection:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.reconnect_interval * 4)
 
+    async def _keep_bound(self) -> None:
+        """Bind our queues again every ``rebind_interval_s``.
+
+        Deleting an exchange drops every binding to it, and the broker tells no consumer.
+        Every lab account that declares the exchanges (as dripline peers do) may delete them,
+        and the next peer that publishes declares the exchange again (aio-pika's robust channels
+        do), so a deletion cannot be told from its absence: binding again can.  For the broker
+        a binding that exists is a no-op; a missing exchange closes the channel, whose
+        reopening declares it and binds our queues again.
+        """
+        while True:
+            await asyncio.sleep(self.rebind_interval_s)
+            if not self.connected.is_set():
+                continue
+            try:
+                for queue, _callback, _options in list(self._consumers.values()):
+                    await queue.restore()  # declare and bind (they have no aio-pika consumers)
+                for rebind in list(self.rebinders):
+                    await rebind()
+            except Exception as exc:  # an outage or a reopening channel: the next round
+                log.debug("binding again on %s: %s", self.url_for_humans, describe_error(exc))
+
     async def _restore_consumers(self) -> None:
         """After aio-pika reopened the channel and restored its queues and bindings (after a
         reconnection or a channel error): our consumers again, under their old tags."""
@@ -455,6 +486,9 @@ class Connection:
         for task in list(self._resuming.values()):
             task.cancel()
         self._resuming.clear()
+        if self._rebinding is not None:
+            self._rebinding.cancel()
+            self._rebinding = None
         if self._reminder is not None:
             self._reminder.cancel()
             self._reminder = None

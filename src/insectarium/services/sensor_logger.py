@@ -272,6 +272,14 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 with contextlib.suppress(Exception):
                     await previous.channel.close()
 
+        async def bind_again() -> None:
+            """In case the alerts exchange was deleted (its bindings went with it)."""
+            if self._durable_declared is not None:
+                for key in self.alert_keys:
+                    await self._durable_declared.bind(self.mesh.alerts_exchange, routing_key=key)
+
+        if durable is not None:
+            self.connection.rebinders.append(bind_again)
         self.spawn(self._feed_loop(), name="alert-feed")
         self._feed = AlertFeed(
             connection_parameters(
