@@ -458,8 +458,9 @@ class Connection:
             if not self.connected.is_set():
                 continue
             try:
-                for queue, _callback, _options in list(self._consumers.values()):
-                    await queue.restore()  # declare and bind (they have no aio-pika consumers)
+                for tag, (queue, _callback, _options) in list(self._consumers.items()):
+                    if tag in self._consumers:  # not cancelled (and its queue deleted) meanwhile
+                        await queue.restore()  # declare, bind (they have no aio-pika consumers)
                 for rebind in list(self.rebinders):
                     await rebind()
             except Exception as exc:  # an outage or a reopening channel: the next round
