@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from insectarium.dripline import Authentication, Interface, Service
+from insectarium.dripline import Authentication, Interface, ReplyError, Service
 from insectarium.dripline.config import MeshConfig
 
 
@@ -85,6 +85,15 @@ async def client(amqp_url: str) -> AsyncIterator[Interface]:
     await iface.start()
     yield iface
     await iface.close()
+
+
+async def answers(via: Any, endpoint: str, value: Any) -> bool:
+    """Whether ``via`` (a client) gets ``value`` for ``endpoint`` within 1 s (for
+    :func:`eventually`, while a service comes back)."""
+    try:
+        return (await via.get(endpoint, timeout_s=1))["value_raw"] == value
+    except ReplyError:
+        return False
 
 
 async def eventually(predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> Any:  # noqa: ASYNC109

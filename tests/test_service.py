@@ -23,7 +23,7 @@ from insectarium.dripline import (
 from insectarium.dripline.message import Message
 from insectarium.services.kv_store import KeyValueStore
 
-from .runtime_support import eventually, mesh_for, private_vhost, running, unique
+from .runtime_support import answers, eventually, mesh_for, private_vhost, running, unique
 
 
 class Thermometer(Endpoint):
@@ -451,13 +451,7 @@ async def test_a_service_serves_on_after_the_broker_closed_its_channel(
         # publishing to an exchange that does not exist: the broker closes the channel (404)
         await underlay.basic_publish(b"{}", exchange=unique("no_such_exchange"), routing_key="k")
 
-        async def answered() -> bool:
-            try:
-                return (await client.get(f"{name}_v", timeout_s=1))["value_raw"] == 7
-            except ReplyError:
-                return False
-
-        await eventually(answered, timeout=20, interval=0.2)
+        await eventually(lambda: answers(client, f"{name}_v", 7), timeout=20, interval=0.2)
         assert underlay.is_closed  # it really was another channel that answered
 
 
@@ -475,23 +469,17 @@ async def test_a_service_and_a_client_consume_again_after_their_queues_were_dele
         listed = rabbitmq_server.ctl("list_queues", "-p", mesh.vhost, "--quiet", "name")
         return {line.strip() for line in listed.splitlines()[1:] if line.strip()}
 
-    async def answered() -> bool:
-        try:
-            return (await dl.get(f"{name}_v", timeout_s=1))["value_raw"] == 7
-        except ReplyError:
-            return False
-
     async with running(service):
         before = queues()
         async with Interface(dripline_mesh=mesh, authentication=auth, timeout_s=2) as dl:
-            assert await answered()
+            assert await answers(dl, f"{name}_v", 7)
             (reply_queue,) = {q for q in queues() - before if q.startswith("amq_")}
             assert name in before
             with caplog.at_level(logging.WARNING, logger="insectarium.dripline.connection"):
                 rabbitmq_server.ctl("delete_queue", "-p", mesh.vhost, name)
                 rabbitmq_server.ctl("delete_queue", "-p", mesh.vhost, reply_queue)
                 assert not {name, reply_queue} & queues()
-                await eventually(answered, timeout=20, interval=0.2)
+                await eventually(lambda: answers(dl, f"{name}_v", 7), timeout=20, interval=0.2)
             assert {name, reply_queue} <= queues()
             again = [r.getMessage() for r in caplog.records if "again" in r.getMessage()]
             assert f"consuming {name} again" in again and f"consuming {reply_queue} again" in again
@@ -525,14 +513,7 @@ async def test_services_and_clients_bind_again_after_an_exchange_was_deleted(
             async with admin:
                 channel = await admin.channel()
                 await channel.exchange_delete(mesh.requests_exchange)
-
-                async def answered() -> bool:
-                    try:
-                        return (await dl.get(f"{name}_v", timeout_s=1))["value_raw"] == 7
-                    except ReplyError:
-                        return False
-
-                await eventually(answered, timeout=20, interval=0.2)
+                await eventually(lambda: answers(dl, f"{name}_v", 7), timeout=20, interval=0.2)
 
 
 async def test_a_message_of_many_windows_of_chunks_arrives_whole(mesh: Any, auth: Any) -> None:
