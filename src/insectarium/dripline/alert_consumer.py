@@ -13,6 +13,7 @@ a classic queue of the same name left by an older version is converted (:mod:`.a
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import re
 from typing import Any, Literal
@@ -80,17 +81,11 @@ class AlertConsumer(Service):
             queue = await channel.declare_queue(
                 self.alert_queue_name, durable=False, exclusive=True, auto_delete=True
             )
-            for key in self.alert_keys:
-                await queue.bind(exchange, routing_key=key)
+            await self.bind_alert_keys(queue, exchange)
         self._alert_consumer_tag = await queue.consume(self._on_alert_delivery)
         self._alert_queue = queue
-
-        async def bind_again() -> None:
-            """In case the alerts exchange was deleted (its bindings went with it)."""
-            for key in self.alert_keys:
-                await queue.bind(self.mesh.alerts_exchange, routing_key=key)
-
-        self.connection.rebinders.append(bind_again)
+        # in case the alerts exchange is deleted (its bindings go with it): see Connection
+        self.connection.rebinders.append(functools.partial(self.bind_alert_keys, queue))
         if self.alert_queue_durable:
             await durable.finish_upgrade()
         log.info(
@@ -100,6 +95,12 @@ class AlertConsumer(Service):
             f"durable {self.alert_queue_type}" if self.alert_queue_durable else "transient",
             self.alert_queue_name,
         )
+
+    async def bind_alert_keys(self, queue: AbstractQueue, exchange: Any = None) -> None:
+        """Bind ``queue`` to the alerts exchange with every alert key (again: a no-op for the
+        broker where the binding exists)."""
+        for key in self.alert_keys:
+            await queue.bind(exchange or self.mesh.alerts_exchange, routing_key=key)
 
     def _durable_queue(self) -> DurableAlertQueue:
         """The durable queue's declaration (with the conversion of an older classic queue)."""

@@ -274,9 +274,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
 
         async def bind_again() -> None:
             """In case the alerts exchange was deleted (its bindings went with it)."""
-            if self._durable_declared is not None:
-                for key in self.alert_keys:
-                    await self._durable_declared.bind(self.mesh.alerts_exchange, routing_key=key)
+            await self.bind_alert_keys(self._durable_declared)
 
         if durable is not None:
             self.connection.rebinders.append(bind_again)
