@@ -482,7 +482,7 @@ class AlertFeed:
                         self.queue,
                     )
                     self._lost = True
-                    self._redeclare_needed = self.redeclare is not None
+                    self._redeclare_needed = True
                     delay = 0.25
                 elif not self._lost:
                     log.warning("%s: broker connection lost (%s); reconnecting", self.name, exc)
