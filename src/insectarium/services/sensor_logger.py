@@ -260,23 +260,21 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             return
         assert self.connection is not None
         durable = self._durable_queue() if self.alert_queue_durable else None
+        declare_again = None
         if durable is not None:
             self._durable_declared = await durable.declare()
 
-        async def declare_again() -> None:
-            """Someone deleted the durable queue: it and its bindings again (the channel of
-            the previous declaration goes; ``declare`` opens one)."""
-            assert durable is not None
-            previous, self._durable_declared = self._durable_declared, await durable.declare()
-            if previous is not None:
+            async def declare_again() -> None:
+                """Someone deleted the durable queue: it and its bindings again (the channel
+                of the previous declaration goes; ``declare`` opens one)."""
+                previous, self._durable_declared = self._durable_declared, await durable.declare()
                 with contextlib.suppress(Exception):
                     await previous.channel.close()
 
-        async def bind_again() -> None:
-            """In case the alerts exchange was deleted (its bindings went with it)."""
-            await self.bind_alert_keys(self._durable_declared)
+            async def bind_again() -> None:
+                """In case the alerts exchange was deleted (its bindings went with it)."""
+                await self.bind_alert_keys(self._durable_declared)
 
-        if durable is not None:
             self.connection.rebinders.append(bind_again)
         self.spawn(self._feed_loop(), name="alert-feed")
         self._feed = AlertFeed(
@@ -290,7 +288,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             deliver=self._feed_slices.put_nowait,
             loop=asyncio.get_running_loop(),
             declare=None if durable is not None else self._declare_transient,
-            redeclare=declare_again if durable is not None else None,
+            redeclare=declare_again,
             name=f"{self.name} alert feed",
             # as often as the service's own connection retries: both come back together
             retry_max_delay_s=self.connection.reconnect_interval,
