@@ -18,10 +18,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import TypeAdapter, ValidationError
-
-from .config import ConfigError, suggest
+from .config_files import ConfigError, suggest
 from .endpoint import Endpoint
+from .value_check import check_value
 
 SEARCH_MODULES = ("insectarium.services", "insectarium.dripline")
 # Keys dl-serve consumes itself; they are never passed to a constructor.
@@ -73,10 +72,7 @@ def constructor_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], dic
         if init is None or klass is object:
             continue
         sig = inspect.signature(init)
-        try:
-            klass_hints = typing.get_type_hints(init)
-        except Exception:
-            klass_hints = {}
+        klass_hints = _type_hints(init)
         has_var_kw = False
         for p in list(sig.parameters.values())[1:]:
             if p.kind is p.VAR_KEYWORD:
@@ -95,8 +91,47 @@ def constructor_parameters(cls: type) -> tuple[dict[str, inspect.Parameter], dic
     return params, hints, open_ended
 
 
-def check_keys(cls: type, config: Mapping[str, Any], *, source: str, where: str) -> dict[str, Any]:
-    """Validate config keys against ``cls``'s constructor; returns converted values."""
+def _type_hints(function: Any) -> dict[str, Any]:
+    """The resolvable type hints of ``function``'s parameters.
+
+    A hint that names a type imported only for type checkers (``MeshConfig``, which would
+    import pydantic) cannot be resolved; it is left out and the others are kept, one by one.
+    """
+    try:
+        return typing.get_type_hints(function)
+    except Exception:  # noqa: S110 - resolved one by one below
+        pass
+    hints: dict[str, Any] = {}
+    for name, annotation in getattr(function, "__annotations__", {}).items():
+        probe = _probe_function()
+        probe.__annotations__ = {name: annotation}
+        try:
+            hints.update(typing.get_type_hints(probe, globalns=function.__globals__))
+        except Exception:  # noqa: S112 - a hint that cannot be resolved is not checked
+            continue
+    return hints
+
+
+def _probe_function() -> Any:
+    def probe() -> None:
+        """Carries one annotation for :func:`typing.get_type_hints`."""
+
+    return probe
+
+
+def check_keys(
+    cls: type,
+    config: Mapping[str, Any],
+    *,
+    source: str,
+    where: str,
+    runtime: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Validate config keys against ``cls``'s constructor; returns converted values.
+
+    ``runtime`` holds what ``dl-serve`` itself built (the mesh, the credentials): passed on
+    unchecked, and counted as given.
+    """
     params, hints, open_ended = constructor_parameters(cls)
     out: dict[str, Any] = {}
     problems: list[str] = []
@@ -113,16 +148,15 @@ def check_keys(cls: type, config: Mapping[str, Any], *, source: str, where: str)
         checked = value
         if hint is not None and value is not None:
             try:
-                checked = TypeAdapter(hint).validate_python(value)
-            except ValidationError as exc:
-                first = exc.errors()[0]
-                problems.append(f"{where}{key}: {first['msg']} (got {value!r})")
+                checked = check_value(value, hint)
+            except ValueError as exc:
+                problems.append(f"{where}{key}: {exc} (got {value!r})")
                 continue
-            except Exception:  # noqa: S110 - hints naming non-pydantic types are not checked
-                pass
         out[key] = checked
+    given = {**config, **(runtime or {})}
+    out.update(runtime or {})
     for name, p in params.items():
-        if p.default is p.empty and name not in config and name not in ("authentication",):
+        if p.default is p.empty and name not in given and name not in ("authentication",):
             problems.append(f"{where}{name}: required key missing for {cls.__name__}")
     if problems:
         raise ConfigError("\n".join(f"{source}: {p}" if source else p for p in problems))
@@ -161,7 +195,7 @@ def create_service(config: Mapping[str, Any], *, source: str = "", **runtime: An
     cls = find_class(module, config.get("module_path"), source=source)
     if not (inspect.isclass(cls) and issubclass(cls, Service)):
         raise ConfigError(f"{module} is not a Service class", source=source, key="module")
-    kwargs = check_keys(cls, {**config, **runtime}, source=source, where="")
+    kwargs = check_keys(cls, config, source=source, where="", runtime=runtime)
     endpoints_cfg = config.get("endpoints") or []
     if not isinstance(endpoints_cfg, list):
         raise ConfigError("must be a list of endpoint mappings", source=source, key="endpoints")
