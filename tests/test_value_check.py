@@ -8,7 +8,11 @@ sixth of a service's memory budget).
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
+import textwrap
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, Union
 
 import pytest
@@ -19,6 +23,8 @@ from pydantic import TypeAdapter, ValidationError
 from insectarium.dripline.config_files import ConfigError
 from insectarium.dripline.factory import create_service
 from insectarium.dripline.value_check import UNDECIDED, check_value, plain_value
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SCALAR_HINTS = [int, float, str, bool, Any, type(None)]
 LITERALS = [Literal["error", "skip"], Literal[1, 2], Literal[True], Literal["1", 1]]
@@ -141,3 +147,25 @@ def test_a_bad_value_is_still_reported_with_file_key_and_pydantic_message() -> N
         "svc.yaml: prefetch_count: Input should be a valid integer, unable to parse string as "
         "an integer (got 'many')"
     )
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "files/configs").glob("*.yaml")))
+def test_a_lab_service_is_built_without_importing_pydantic(config: str) -> None:
+    """``dl-serve --check`` builds the service as under supervisord, in a fresh interpreter."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        from insectarium.cli.serve import main
+        status = main(["-c", {str(ROOT / "files/configs" / config)!r}, "-u", "u",
+                       "--password", "p", "--check"])
+        assert status == 0, status
+        loaded = sorted(m for m in sys.modules if m.split(".")[0] == "pydantic")
+        print("pydantic modules:", loaded)
+        sys.exit(1 if loaded else 0)
+        """
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "OK" in run.stdout

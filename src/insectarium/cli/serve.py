@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def assemble_config(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
-    from ..dripline.config import ConfigError, load_file, substitute_env, underscore_keys
+    from ..dripline.config_files import ConfigError, load_file, substitute_env, underscore_keys
 
     source = args.config or ""
     config: dict[str, Any] = {}
@@ -100,15 +100,18 @@ async def serve(service: Any) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose, args.quiet, base=logging.INFO)
-    from ..dripline import Authentication, ConfigError
-    from ..dripline.config import load_mesh
+    from ..dripline.config_files import Authentication, ConfigError
     from ..dripline.connection import BrokerUnavailable
     from ..dripline.factory import create_service
+    from ..dripline.quick_mesh import load_mesh_quick
     from ..dripline.service import ServiceAlreadyRunning
 
     try:
         config, source = assemble_config(args)
-        mesh = load_mesh(config.pop("dripline_mesh", None), mesh_overrides(args), source=source)
+        # pydantic is imported only if the mesh is not plainly valid (see quick_mesh.py)
+        mesh = load_mesh_quick(
+            config.pop("dripline_mesh", None), mesh_overrides(args), source=source
+        )
         auth = Authentication.load(
             args.auth_file or config.get("auth_file"),
             username=args.username,

@@ -16,12 +16,13 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 # Imported lazily (PEP 562): the CLIs start faster when ``--help`` or a constant does not pull in
-# aio-pika and pydantic.
+# aio-pika and pydantic (a service
+# whose configuration is plainly valid never imports pydantic: see factory.py and quick_mesh.py).
 _EXPORTS = {
     "AlertConsumer": "alert_consumer",
-    "Authentication": "config",
+    "Authentication": "config_files",
     "BlockingInterface": "client",
-    "ConfigError": "config",
+    "ConfigError": "config_files",
     "Endpoint": "endpoint",
     "Entity": "entity",
     "Interface": "client",

@@ -37,14 +37,18 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pika
 import pika.data
 import pika.exceptions
 import pika.spec
 
-from .config import Credentials, MeshConfig, tls_context
+from .config_files import Credentials, tls_context
+
+if TYPE_CHECKING:
+    from .config import MeshConfig
+    from .quick_mesh import QuickMesh
 
 log = logging.getLogger(__name__)
 
@@ -351,7 +355,7 @@ class FeedDelivery:
 
 
 def connection_parameters(
-    mesh: MeshConfig, credentials: Credentials, name: str
+    mesh: MeshConfig | QuickMesh, credentials: Credentials, name: str
 ) -> pika.ConnectionParameters:
     """pika's view of the service's broker connection settings (TLS included)."""
     ssl_options = None

@@ -16,17 +16,21 @@ import logging
 import threading
 import uuid
 from collections.abc import Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aiormq
 from aio_pika.abc import AbstractQueue
 
 from .chunking import Reassembler
-from .config import Authentication, MeshConfig, load_mesh
+from .config_files import Authentication
 from .connection import Connection, UnroutableError, delivery_of
 from .constants import MsgOp
 from .message import Message, local_reply
+from .quick_mesh import QuickMesh, as_mesh
 from .return_codes import ThrowReply
+
+if TYPE_CHECKING:
+    from .config import MeshConfig
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -50,7 +54,7 @@ class Interface:
     def __init__(
         self,
         *,
-        dripline_mesh: Mapping[str, Any] | MeshConfig | None = None,
+        dripline_mesh: Mapping[str, Any] | QuickMesh | MeshConfig | None = None,
         authentication: Authentication | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -58,9 +62,7 @@ class Interface:
         name: str = "unknown",
         connection: Connection | None = None,
     ) -> None:
-        self.mesh = (
-            dripline_mesh if isinstance(dripline_mesh, MeshConfig) else load_mesh(dripline_mesh)
-        )
+        self.mesh = as_mesh(dripline_mesh)
         auth = authentication or Authentication.load(username=username, password=password)
         self._credentials = auth.dripline
         self.timeout_s = timeout_s

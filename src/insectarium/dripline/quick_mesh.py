@@ -6,7 +6,7 @@ case on a fast path — known keys, values already of the right type and in rang
 exist — and hands anything else (a URL as broker, strings to coerce, ``return_codes``, any error)
 to :func:`~.config.load_mesh`, which either accepts it (same result) or raises the usual
 :class:`~.config_files.ConfigError` naming the file and key.  So a value is never accepted here
-that the full validator would refuse; ``tests/test_quick_mesh.py`` checks both agree.
+that the full validator would refuse; ``tests/test_oneshot.py`` checks both agree.
 """
 
 from __future__ import annotations
@@ -54,6 +54,10 @@ class QuickMesh:
         """Where the broker is, without credentials (as ``MeshConfig.url_for_humans``)."""
         scheme = "amqps" if self.tls else "amqp"
         return f"{scheme}://{self.broker}:{self.broker_port}{self.vhost}"
+
+    def register_return_codes(self, source: str = "") -> None:
+        """Nothing to register: a mesh with ``return_codes`` is never quick (see
+        :func:`quick_mesh`), so it is a ``MeshConfig`` and registers them itself."""
 
 
 _TEXT = ("broker", "vhost", "requests_exchange", "alerts_exchange", "heartbeat_routing_key")
@@ -118,3 +122,13 @@ def load_mesh_quick(
     from .config import load_mesh
 
     return load_mesh(*layers, source=source, use_home_file=use_home_file)
+
+
+def as_mesh(
+    dripline_mesh: Mapping[str, Any] | QuickMesh | MeshConfig | None,
+) -> QuickMesh | MeshConfig:
+    """A mesh given to a service or client: a validated mesh as it is, a mapping (or ``None``,
+    the defaults and ``~/.dripline_mesh.yaml``) read by :func:`load_mesh_quick`."""
+    if dripline_mesh is None or isinstance(dripline_mesh, Mapping):
+        return load_mesh_quick(dripline_mesh)
+    return dripline_mesh

@@ -21,14 +21,14 @@ import contextlib
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiormq
 from aio_pika.abc import AbstractQueue
 
 from .chunking import Reassembler
 from .client import Interface
-from .config import Authentication, MeshConfig, load_mesh
+from .config_files import Authentication
 from .connection import Connection, NotConnected, delivery_of
 from .constants import DEFAULT_BROADCAST_KEY, MsgOp
 from .endpoint import Endpoint, Reply, describe, maybe_await
@@ -36,7 +36,11 @@ from .entity import Entity
 from .limits import ALERT_BUFFER_BYTES, ALERT_BUFFER_MESSAGES, clip
 from .message import Message
 from .outbox import AlertOutbox, AlertPublisher
+from .quick_mesh import QuickMesh, as_mesh
 from .throttle import LogThrottle
+
+if TYPE_CHECKING:
+    from .config import MeshConfig
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +61,7 @@ class Service(Endpoint):
         loop_timeout_ms: int = 1000,
         message_wait_ms: int = 1000,
         heartbeat_interval_s: float = 60,
-        dripline_mesh: Mapping[str, Any] | MeshConfig | None = None,
+        dripline_mesh: Mapping[str, Any] | QuickMesh | MeshConfig | None = None,
         authentication: Authentication | None = None,
         username: str | None = None,
         password: str | None = None,
@@ -69,9 +73,7 @@ class Service(Endpoint):
         **kwargs: Any,
     ) -> None:
         super().__init__(name, **kwargs)
-        self.mesh = (
-            dripline_mesh if isinstance(dripline_mesh, MeshConfig) else load_mesh(dripline_mesh)
-        )
+        self.mesh = as_mesh(dripline_mesh)
         self.authentication = authentication or Authentication.load(
             username=username, password=password
         )

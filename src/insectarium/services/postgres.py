@@ -28,7 +28,7 @@ import psycopg
 from psycopg import sql
 
 from ..dripline import Service, ThrowReply
-from ..dripline.config import Credentials
+from ..dripline.config_files import Credentials
 
 log = logging.getLogger(__name__)
 
