@@ -1,9 +1,10 @@
 """Several sensor-logger processes on one queue (issue 14, item 2): no value stored twice.
 
 One logger runs in the test, a second as a real ``dl-serve`` process on the same durable quorum
-queue; the second is killed (SIGKILL) while both drain a backlog, so the broker redelivers what it
-held unacknowledged — values it had not stored yet and values it had stored but not yet
-acknowledged — to the first.  Every value must be in the table exactly once.
+queue; the second is frozen (SIGSTOP) once it has stored values of a backlog, and killed (SIGKILL)
+once the first is storing too, so the broker redelivers what it held unacknowledged — values it
+had not stored yet, and any it had stored but not yet acknowledged — to the first.  Every value
+must be in the table exactly once.
 """
 
 from __future__ import annotations
@@ -114,12 +115,17 @@ async def test_two_logger_processes_store_every_value_once_despite_redeliveries(
             assert second.poll() is None, (tmp_path / "logger.log").read_text(errors="replace")
             assert time.monotonic() < deadline, "the second logger did not start"
             await asyncio.sleep(0.02)
+        # … and is frozen as soon as it has stored some: it then holds the rest of its share
+        # unacknowledged whatever the machine's load (under load it had once drained the whole
+        # backlog before the first logger started, and nothing was redelivered)
+        await eventually(lambda: counts(lab_database, name)[0] > 0, timeout=30, interval=0.01)
+        second.send_signal(signal.SIGSTOP)
         first = make_logger(
             lab_database, amqp_url, alert_queue_name=queue, alert_queue_durable=True
         )
         async with running(first):
-            # … and dies while it holds unacknowledged values
-            await eventually(lambda: counts(lab_database, name)[0] > 0, timeout=30, interval=0.01)
+            # the first drains what is left in the queue; the second dies holding its share
+            await eventually(lambda: first.status()["stored"] > 0, timeout=30, interval=0.01)
             second.send_signal(signal.SIGKILL)
             second.wait(10)
             await eventually(
