@@ -179,3 +179,70 @@ def test_an_idle_listener_keeps_its_connection_with_heartbeats(
         listener.close()
     assert [m.payload for m in seen] == [{"value_raw": 3.25}]
     assert not [r for r in caplog.records if "lost connection" in r.getMessage()]
+
+
+def test_the_listener_binds_again_after_its_exchange_was_deleted(
+    amqp_url: str, rabbitmq_server: object, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Deleting ``alerts`` drops dl-mon's binding and the broker tells nobody; the listener
+    binds again every ``rebind_interval_s``: it finds the exchange gone, says so, and watches
+    again once a peer has declared it anew (services declare it when they publish)."""
+    import asyncio
+    import logging
+    import threading
+
+    import aio_pika
+
+    from insectarium.dripline.listener import Listener
+    from insectarium.dripline.oneshot import OneShotClient
+
+    from .runtime_support import auth_for, mesh_for, private_vhost
+
+    caplog.set_level(logging.WARNING, logger="insectarium.dripline.listener")
+    with private_vhost(rabbitmq_server, amqp_url) as vhost:
+        url = amqp_url.rstrip("/") + "/" + vhost.replace("/", "%2F")
+        mesh, creds = mesh_for(url), auth_for(url).dripline
+        key = f"sensor_value.{unique('rebound')}"
+
+        async def admin(*, delete: bool) -> None:
+            """What another account may do: delete the exchange, or declare it as peers do."""
+            async with await aio_pika.connect(url) as conn:
+                channel = await conn.channel()
+                if delete:
+                    await channel.exchange_delete(mesh.alerts_exchange)
+                else:
+                    await channel.declare_exchange(mesh.alerts_exchange, "topic", durable=False)
+
+        def publish(value: float) -> None:
+            with OneShotClient(mesh, creds, name="t") as sender:
+                sender.publish(Message.alert(key, {"value_raw": value}, sender="t"))
+
+        asyncio.run(admin(delete=False))
+        listener = Listener(mesh, creds, [(mesh.alerts_exchange, key)], reconnect_interval=0.2)
+        listener.rebind_interval_s = 0.3
+        listener.start()
+        seen: list[float] = []
+        thread = threading.Thread(
+            target=listener.run, args=(lambda m: seen.append(m.payload["value_raw"]),)
+        )
+        thread.start()
+        try:
+            publish(1.0)
+            deadline = time.monotonic() + 10
+            while 1.0 not in seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            asyncio.run(admin(delete=True))
+            time.sleep(1.0)  # the listener's rebinding finds the exchange missing meanwhile
+            asyncio.run(admin(delete=False))
+            deadline = time.monotonic() + 15
+            while 2.0 not in seen and time.monotonic() < deadline:
+                publish(2.0)
+                time.sleep(0.3)
+        finally:
+            listener.stop()
+            thread.join(10)
+            listener.close()
+    assert seen[0] == 1.0 and 2.0 in seen, seen
+    said = [r.getMessage() for r in caplog.records]
+    assert any("there is no exchange" in m for m in said), said
+    assert any(m.startswith("reconnected to broker") for m in said), said

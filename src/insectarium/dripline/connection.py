@@ -57,7 +57,7 @@ from .errors import (
     credentials_refused,
     exchanges_refused,
 )
-from .limits import CHUNKS_IN_FLIGHT, REPORT_INTERVAL_S
+from .limits import CHUNKS_IN_FLIGHT, REBIND_INTERVAL_S, REPORT_INTERVAL_S
 from .message import Message, amqp_chunks, multi_chunk_warning
 from .throttle import LogThrottle
 
@@ -148,7 +148,7 @@ BROKER_ERRORS: tuple[type[BaseException], ...] = (
 
 class Connection:
     #: how often a consuming connection binds its queues again (:meth:`_keep_bound`)
-    rebind_interval_s = 15.0
+    rebind_interval_s = REBIND_INTERVAL_S
 
     def __init__(
         self,

@@ -81,6 +81,10 @@ ALERT_BUFFER_BYTES = 16 * 1024 * 1024
 REPORT_INTERVAL_S = 60.0
 """Repeated events (drops, a broker still away) are logged at most once per this interval."""
 
+REBIND_INTERVAL_S = 15.0
+"""How often a consumer binds its queues again: deleting an exchange drops every binding to it,
+and the broker tells no consumer (services, clients, the logger and ``dl-mon`` do this)."""
+
 
 def clip(text: str, limit: int = MAX_HEADER_TEXT) -> str:
     """``text`` in at most ``limit`` characters, saying how much was cut (cheap when it fits;

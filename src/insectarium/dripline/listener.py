@@ -12,6 +12,9 @@ and one-line errors as every client here) and adds what a long-lived consumer ne
   :data:`~.limits.REPORT_INTERVAL_S` while it stays away, and one line when it is back, with the
   queue declared and every binding and the consumer restored — the lines a service logs
   (:class:`~.connection.Connection`);
+* **bindings kept**: the queue is bound again every :data:`~.limits.REBIND_INTERVAL_S`, since
+  deleting an exchange drops its bindings without a word to the consumer (a missing exchange
+  closes the channel; the listener then reconnects, and binds once a peer declared it again);
 * **chunk reassembly** with the bounds of :class:`~.chunking.Reassembler`: a message above
   ``max_message_size`` (or announcing more chunks than fit) is refused before anything is kept,
   incomplete chunk sets are capped in number and bytes (oldest released first) and released
@@ -33,7 +36,7 @@ from pamqp import heartbeat as _heartbeat
 from pamqp.exceptions import UnmarshalingException
 
 from .errors import BrokerUnavailable
-from .limits import MAX_PENDING_BYTES, MAX_PENDING_MESSAGES, REPORT_INTERVAL_S
+from .limits import MAX_PENDING_BYTES, MAX_PENDING_MESSAGES, REBIND_INTERVAL_S, REPORT_INTERVAL_S
 from .message import Message, parse_message_id
 from .oneshot import (
     OneShotClient,
@@ -62,12 +65,14 @@ _LOST = (OSError, _ConnectionClosed, _ChannelClosed, UnmarshalingException)
 
 
 class BindRefused(PermissionError):
-    """The broker refused a binding (topic permissions of this user)."""
+    """The broker refused a binding: topic permissions of this user, or no such exchange."""
 
     def __init__(self, username: str, exchange: str, key: str, text: str) -> None:
-        super().__init__(
-            f"the broker refused to let user {username!r} watch {key!r} on {exchange!r}: {text}"
-        )
+        if text.startswith("NOT_FOUND"):
+            why = f"cannot watch {key!r}: there is no exchange {exchange!r} (yet)"
+        else:
+            why = f"the broker refused to let user {username!r} watch {key!r} on {exchange!r}"
+        super().__init__(f"{why}: {text}")
 
 
 class _ConsumerCancelled(ConnectionError):
@@ -204,6 +209,7 @@ class Listener:
         self.heartbeat_s = heartbeat_s
         self.reconnect_interval = reconnect_interval
         self.reminder_interval = REPORT_INTERVAL_S
+        self.rebind_interval_s = REBIND_INTERVAL_S
         self.queue = ""
         self.chunks = ChunkCollector(
             max_message_size=mesh.max_message_size,
@@ -242,6 +248,14 @@ class Listener:
             _cmd.Queue.DeclareOk,
         )
         self.queue = ok.queue
+        self._bind(client)
+        client._call(
+            _cmd.Basic.Consume(queue=self.queue, no_ack=True, exclusive=True),
+            _cmd.Basic.ConsumeOk,
+        )
+
+    def _bind(self, client: OneShotClient) -> None:
+        """Bind the queue with every binding (for the broker, one that exists is a no-op)."""
         for exchange, key in self.bindings:
             try:
                 client._call(
@@ -250,10 +264,6 @@ class Listener:
                 )
             except _ChannelClosed as exc:
                 raise BindRefused(self.credentials.username, exchange, key, exc.text) from None
-        client._call(
-            _cmd.Basic.Consume(queue=self.queue, no_ack=True, exclusive=True),
-            _cmd.Basic.ConsumeOk,
-        )
 
     def stop(self) -> None:
         """Make :meth:`run` return (from a signal handler or ``on_message``)."""
@@ -273,7 +283,7 @@ class Listener:
                 continue
             try:
                 self._pump(client, on_message)
-            except _LOST as exc:  # _ConsumerCancelled too (a ConnectionError)
+            except _LOST as exc:  # _ConsumerCancelled, BindRefused too (OSErrors)
                 if self._stopped:
                     break
                 self._client = None
@@ -286,9 +296,10 @@ class Listener:
         assert sock is not None
         beat = client.heartbeat / 2 if client.heartbeat else None
         last_in = last_out = time.monotonic()
+        bind_at = last_in + self.rebind_interval_s
         while not self._stopped:
             now = time.monotonic()
-            waits = [1.0]  # also how soon a stop() from a signal handler is noticed
+            waits = [1.0, bind_at - now]  # 1 s: also how soon a stop() from a signal is noticed
             if beat is not None:
                 waits.append(last_out + beat - now)
             deadline = self.chunks.next_deadline()
@@ -307,6 +318,13 @@ class Listener:
                         on_message(msg)
             for msg in self.chunks.expire(now):
                 on_message(msg)
+            if now >= bind_at:
+                self._bind(client)  # a missing exchange: BindRefused, and run() reconnects
+                bind_at = now + self.rebind_interval_s
+                last_in = time.monotonic()  # the broker answered
+                while client._inbox:  # what arrived while waiting for the answers
+                    for msg in self.chunks.feed(*client._inbox.pop(0)):
+                        on_message(msg)
             if beat is not None:
                 if now - last_in > 4 * beat:  # two heartbeat intervals without a byte
                     raise TimeoutError
