@@ -230,21 +230,39 @@ async def test_the_logger_stores_again_after_its_queue_was_deleted(
             rabbitmq_server.ctl("delete_queue", "-p", vhost, queue, check=False)
 
 
+@pytest.mark.parametrize(
+    ("durable", "client"),
+    [(True, "pika"), (False, "pika"), (True, "aio-pika")],
+    ids=["durable", "exclusive", "durable-aio-pika"],
+)
 async def test_the_logger_binds_again_after_the_alerts_exchange_was_deleted(
-    lab_database: str, amqp_url: str, rabbitmq_server: Any, monkeypatch: pytest.MonkeyPatch
+    lab_database: str,
+    amqp_url: str,
+    rabbitmq_server: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    durable: bool,
+    client: str,
 ) -> None:
-    """Any account that declares the exchanges may delete them: the logger's durable queue
-    loses its binding to ``alerts`` and the broker tells nobody; the logger binds again
-    every ``rebind_interval_s``, so values published afterwards are stored."""
+    """Any account that declares the exchanges may delete them: the logger's queue loses its
+    binding to ``alerts`` and the broker tells nobody; the logger binds again every
+    ``rebind_interval_s`` (a durable queue from the service's connection, the exclusive one
+    from the feed's own), so values published afterwards are stored."""
     import aio_pika
 
+    from insectarium.dripline.alert_feed import AlertFeed
+
     monkeypatch.setattr(Connection, "rebind_interval_s", 0.3)
+    monkeypatch.setattr(AlertFeed, "rebind_interval_s", 0.3)
     name = f"rebound_{uuid.uuid4().hex[:6]}"
     register(lab_database, **{name: "numeric"})
     with private_vhost(rabbitmq_server, amqp_url) as vhost:
         url = amqp_url.rstrip("/") + "/" + vhost.replace("/", "%2F")
         logger = make_logger(
-            lab_database, url, alert_queue_name=unique("sc_db_alerts"), alert_queue_durable=True
+            lab_database,
+            url,
+            alert_queue_name=unique("sc_db_alerts"),
+            alert_queue_durable=durable,
+            alert_client=client,
         )
         sender = Connection(mesh_for(url), auth_for(url).dripline, name="test-publisher")
         await sender.connect()

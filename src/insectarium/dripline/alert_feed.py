@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ import pika.exceptions
 import pika.spec
 
 from .config_files import Credentials, tls_context
+from .limits import REBIND_INTERVAL_S
 
 if TYPE_CHECKING:
     from .config import MeshConfig
@@ -378,6 +380,10 @@ def connection_parameters(
 class AlertFeed:
     """Consume ``queue`` in a thread; hand ``(deliveries)`` slices to ``deliver`` on ``loop``."""
 
+    #: how often ``declare`` runs again on a live connection: a deleted exchange takes the
+    #: queue's bindings along, and the broker tells no consumer
+    rebind_interval_s = REBIND_INTERVAL_S
+
     def __init__(
         self,
         parameters: pika.ConnectionParameters,
@@ -540,8 +546,12 @@ class AlertFeed:
                 log.warning("%s: consuming %s again", self.name, self.queue)
                 self._lost = False
             self.consuming.set()
+            bind_at = time.monotonic() + self.rebind_interval_s
             while not self._stop.is_set():
                 connection.process_data_events(time_limit=0.2)
+                if self.declare is not None and time.monotonic() >= bind_at:
+                    self.declare(channel)  # a missing exchange: an error, and we reconnect
+                    bind_at = time.monotonic() + self.rebind_interval_s
                 # while deliveries keep coming, read on before waking the loop (pika reads
                 # 4 kB, about ten alerts, at a time): one wake-up per slice, not per read
                 before = -1
