@@ -270,20 +270,25 @@ class FeedGone(Exception):
 class Generation:
     """One connection's channel: delivery tags are only meaningful within it."""
 
-    __slots__ = ("channel", "connection", "number")
+    __slots__ = ("channel", "connection", "feed", "number")
 
-    def __init__(self, number: int, connection: Any, channel: Any) -> None:
+    def __init__(self, feed: AlertFeed, number: int, connection: Any, channel: Any) -> None:
+        self.feed = feed
         self.number = number
         self.connection = connection
         self.channel = channel
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        """As aiormq's ``Channel.basic_ack``: a consumer may acknowledge by tag alone, without
+        keeping the delivery (:class:`FeedGone` once this connection is gone)."""
+        self.feed.settle(self, "ack", delivery_tag, multiple=multiple)
 
 
 class FeedDelivery:
     """One delivery, shaped like the parts of aio-pika's ``IncomingMessage`` the services read.
 
-    Only what is read is kept (not pika's frame objects): up to a prefetch count of these wait
-    in memory.  A consumer done with the content may :meth:`release` it and keep the delivery
-    for its acknowledgement only.
+    Only what is read is kept (not pika's frame objects).  A consumer that waits long before
+    acknowledging keeps the tag, not this object (:meth:`Generation.basic_ack`).
     """
 
     __slots__ = (
@@ -321,7 +326,7 @@ class FeedDelivery:
 
     @property
     def headers(self) -> dict[str, Any]:
-        """All headers, decoded on first use (``{}`` once released)."""
+        """All headers, decoded on first use."""
         raw = self._raw_headers
         if raw is not None:
             self._headers = pika.data.decode_table(raw, 0)[0]
@@ -336,12 +341,6 @@ class FeedDelivery:
             return table_fields(raw, keys)
         headers = self._headers or {}
         return {k: headers[name] for k in keys if (name := k.decode()) in headers}
-
-    def release(self) -> None:
-        """Drop the body and headers (the delivery is then only good for its acknowledgement)."""
-        self.body = b""
-        self._headers = self._raw_headers = None
-        self.message_id = self.correlation_id = self.reply_to = None
 
     async def ack(self, multiple: bool = False) -> None:
         self.feed.settle(self.channel, "ack", self.delivery_tag, multiple=multiple)
@@ -522,7 +521,7 @@ class AlertFeed:
             if self.declare is not None:
                 self.declare(channel)
             self._count += 1
-            generation = Generation(self._count, connection, channel)
+            generation = Generation(self, self._count, connection, channel)
             received = self._received
 
             def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
