@@ -65,13 +65,11 @@ from .postgres import (
     identifier,
     qualified,
 )
+from .row_buffer import NumericRows, Row, copy_time
 
 log = logging.getLogger(__name__)
 
 SEED_HINT = "files/sql/seed/50_lab_endpoints.sql or postgresql_endpoints"
-
-# one row as written: endpoint_id, timestamp (naive UTC), value_raw, value_cal
-Row = tuple[int, dt.datetime, Any, Any]
 
 
 def parse_alert_time(text: str) -> dt.datetime:
@@ -158,7 +156,8 @@ class _Acks:
 class Batch:
     """Values waiting for one transaction, and the future their alerts wait on."""
 
-    rows: dict[str, list[Row]] = field(default_factory=dict)
+    #: by kind: numeric rows as COPY text, the others as tuples
+    rows: dict[str, NumericRows | list[Row]] = field(default_factory=dict)
     memos: list[tuple[str, Row, str]] = field(default_factory=list)
     #: delivery tags of the lean path by channel, acknowledged once the batch is committed
     deliveries: list[tuple[_Acks, list[int]]] = field(default_factory=list)
@@ -589,14 +588,19 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         if batch is None:
             batch = self._batch = Batch(started=time.monotonic())
             self._wake.set()
-        row: Row = (endpoint_id, timestamp, raw_v, cal_v)
-        if memo_text is None:
-            rows = batch.rows.get(kind)
+        rows = batch.rows.get(kind)
+        if memo_text is not None:
+            batch.memos.append((kind, (endpoint_id, timestamp, raw_v, cal_v), memo_text))
+        elif kind == "numeric":  # the common case: as COPY text, no objects per value
+            if rows is None:
+                rows = batch.rows[kind] = NumericRows()
+            assert isinstance(rows, NumericRows)
+            rows.add(endpoint_id, copy_time(timestamp_text, timestamp), raw_v, cal_v)
+        else:
             if rows is None:
                 rows = batch.rows[kind] = []
-            rows.append(row)
-        else:
-            batch.memos.append((kind, row, memo_text))
+            assert isinstance(rows, list)
+            rows.append((endpoint_id, timestamp, raw_v, cal_v))
         batch.size += 1
         if batch.size >= self.flush_at:
             self._full.set()
@@ -857,8 +861,11 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                         self._table_sql[kind], self._columns()
                     )
                 async with cur.copy(statement) as copy:
-                    for row in rows:
-                        await copy.write_row(row)
+                    if isinstance(rows, NumericRows):
+                        await copy.write(rows.data)
+                    else:
+                        for row in rows:
+                            await copy.write_row(row)
 
     async def _insert_rows(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> int:
         """``INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING``; returns rows inserted."""
