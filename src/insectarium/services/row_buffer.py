@@ -21,10 +21,14 @@ import datetime as dt
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
+
 # one row as written: endpoint_id, timestamp (naive UTC), value_raw, value_cal
 Row = tuple[int, dt.datetime, Any, Any]
 
 NULL = b"\\N"
+#: bytes handed to psycopg at a time (its own buffer size for ``write_row``)
+COPY_PIECE = 32 * 1024
 
 
 def copy_time(text: str, timestamp: dt.datetime) -> str:
@@ -79,6 +83,14 @@ class NumericRows:
                 _number(cal),
             )
         self.count += 1
+
+    async def copy_to(self, copy: psycopg.AsyncCopy) -> None:
+        """Write the rows to a ``COPY … FROM STDIN`` in pieces of :data:`COPY_PIECE` bytes:
+        libpq's output buffer grows to the largest piece and keeps that size for the
+        connection's life (psycopg passes up to 128 KiB at once)."""
+        with memoryview(self.data) as view:
+            for start in range(0, len(view), COPY_PIECE):
+                await copy.write(view[start : start + COPY_PIECE])
 
     def __len__(self) -> int:
         return self.count

@@ -862,7 +862,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                     )
                 async with cur.copy(statement) as copy:
                     if isinstance(rows, NumericRows):
-                        await copy.write(rows.data)
+                        await rows.copy_to(copy)
                     else:
                         for row in rows:
                             await copy.write_row(row)
