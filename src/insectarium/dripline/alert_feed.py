@@ -55,6 +55,10 @@ SLICE = 2000
 #: held up to 1 300 while the loop was busy, and the arenas they filled stayed resident after
 #: the burst (bench/README, "the logger's growth"); 500 is ~10 ms of the loop's work.
 READ_AHEAD = 500
+#: ... and waits for the loop to take them at most so long before it reads on (heartbeats and
+#: acknowledgements are handled only while it reads; the broker gives up after two missed
+#: heartbeats, 2 minutes)
+READ_PAUSE_MAX_S = 10.0
 
 
 # ------------------------------------------------------------------ lean content headers
@@ -436,6 +440,7 @@ class AlertFeed:
     async def stop(self) -> None:
         """Stop consuming and close the connection (unacknowledged deliveries are requeued)."""
         self._stop.set()
+        self._taken.set()  # in case the thread waits for the loop
         generation = self._generation
         if generation is not None:
             try:
@@ -547,7 +552,7 @@ class AlertFeed:
                 if len(received) >= READ_AHEAD:
                     self._taken.clear()
                     if len(received) >= READ_AHEAD:  # not taken yet: let the loop catch up
-                        self._taken.wait(0.2)  # (at most so long: acks and heartbeats go on)
+                        self._taken.wait(READ_PAUSE_MAX_S)
                 connection.process_data_events(time_limit=0.2)
                 # while deliveries keep coming, read on before waking the loop (pika reads
                 # 4 kB, about ten alerts, at a time): one wake-up per slice, not per read
