@@ -251,8 +251,11 @@ def backlog_round(
         at_end = [proc.rss_last for proc in procs]
         rss_settled = None
         if settle and rows >= n:
-            # what the logger keeps once the burst is over (it trims after TRIM_IDLE_S idle)
+            # what the logger keeps once the burst is over (it trims after TRIM_IDLE_S idle);
+            # read without a phase, so that it does not replace the memory table's figure
             time.sleep(SETTLE_S)
+            for proc in procs:
+                proc.phase = ""
             rss_settled = _max_mib([proc.rss() for proc in procs])
     finally:
         for proc in procs:

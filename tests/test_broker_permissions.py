@@ -53,7 +53,8 @@ class Account:
 
 
 def _apply(server: Any, user: str, granted: dict[str, list[dict[str, str]]], tags: str = "") -> str:
-    password = secrets.token_urlsafe(16)
+    # hex: a urlsafe token starts with "-" one time in 64, and rabbitmqctl takes it for an option
+    password = secrets.token_hex(16)
     server.ctl("add_user", user, password)
     if tags:
         server.ctl("set_user_tags", user, tags)

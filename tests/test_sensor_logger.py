@@ -139,9 +139,12 @@ async def test_endpoint_added_later_is_stored_after_refresh(
     assert any("now in endpoint_id_map" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("client", ["pika", "aio-pika"])
 async def test_durable_queue_keeps_values_sent_while_stopped(
-    lab_database: str, amqp_url: str, publisher: Any
+    lab_database: str, amqp_url: str, publisher: Any, client: str
 ) -> None:
+    """Also: every value is acknowledged once stored, by its delivery tag alone, whichever
+    client receives it (the deliveries themselves are not kept until the commit)."""
     name = f"kept_{uuid.uuid4().hex[:6]}"
     register(lab_database, **{name: "numeric"})
     queue = unique("sc_db_alerts")
@@ -152,7 +155,11 @@ async def test_durable_queue_keeps_values_sent_while_stopped(
         for i in range(50):
             await publisher(name, {"value_raw": i}, f"2026-01-02T03:04:{i:02d}.000000Z")
         second = make_logger(
-            lab_database, amqp_url, alert_queue_name=queue, alert_queue_durable=True
+            lab_database,
+            amqp_url,
+            alert_queue_name=queue,
+            alert_queue_durable=True,
+            alert_client=client,
         )
         async with running(second):
             await eventually(lambda: second.stored == 50)

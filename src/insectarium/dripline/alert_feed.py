@@ -56,6 +56,15 @@ log = logging.getLogger(__name__)
 
 #: deliveries handed to the loop at once at most
 SLICE = 2000
+#: whole deliveries (~0.8 kB each as Python objects) the thread reads ahead of the loop at most;
+#: the rest of the prefetch window waits in the socket.  Measured: without a bound the thread
+#: held up to 1 300 while the loop was busy, and the arenas they filled stayed resident after
+#: the burst (bench/README, "the logger's growth"); 500 is ~10 ms of the loop's work.
+READ_AHEAD = 500
+#: ... and waits for the loop to take them at most so long before it reads on (heartbeats and
+#: acknowledgements are handled only while it reads; the broker gives up after two missed
+#: heartbeats, 2 minutes)
+READ_PAUSE_MAX_S = 10.0
 
 
 # ------------------------------------------------------------------ lean content headers
@@ -276,20 +285,25 @@ class FeedGone(Exception):
 class Generation:
     """One connection's channel: delivery tags are only meaningful within it."""
 
-    __slots__ = ("channel", "connection", "number")
+    __slots__ = ("channel", "connection", "feed", "number")
 
-    def __init__(self, number: int, connection: Any, channel: Any) -> None:
+    def __init__(self, feed: AlertFeed, number: int, connection: Any, channel: Any) -> None:
+        self.feed = feed
         self.number = number
         self.connection = connection
         self.channel = channel
+
+    async def basic_ack(self, delivery_tag: int, multiple: bool = False) -> None:
+        """As aiormq's ``Channel.basic_ack``: a consumer may acknowledge by tag alone, without
+        keeping the delivery (:class:`FeedGone` once this connection is gone)."""
+        self.feed.settle(self, "ack", delivery_tag, multiple=multiple)
 
 
 class FeedDelivery:
     """One delivery, shaped like the parts of aio-pika's ``IncomingMessage`` the services read.
 
-    Only what is read is kept (not pika's frame objects): up to a prefetch count of these wait
-    in memory.  A consumer done with the content may :meth:`release` it and keep the delivery
-    for its acknowledgement only.
+    Only what is read is kept (not pika's frame objects).  A consumer that waits long before
+    acknowledging keeps the tag, not this object (:meth:`Generation.basic_ack`).
     """
 
     __slots__ = (
@@ -327,7 +341,7 @@ class FeedDelivery:
 
     @property
     def headers(self) -> dict[str, Any]:
-        """All headers, decoded on first use (``{}`` once released)."""
+        """All headers, decoded on first use."""
         raw = self._raw_headers
         if raw is not None:
             self._headers = pika.data.decode_table(raw, 0)[0]
@@ -342,12 +356,6 @@ class FeedDelivery:
             return table_fields(raw, keys)
         headers = self._headers or {}
         return {k: headers[name] for k in keys if (name := k.decode()) in headers}
-
-    def release(self) -> None:
-        """Drop the body and headers (the delivery is then only good for its acknowledgement)."""
-        self.body = b""
-        self._headers = self._raw_headers = None
-        self.message_id = self.correlation_id = self.reply_to = None
 
     async def ack(self, multiple: bool = False) -> None:
         self.feed.settle(self.channel, "ack", self.delivery_tag, multiple=multiple)
@@ -416,6 +424,8 @@ class AlertFeed:
         # deliveries received, not yet taken by the loop; whether a wake-up is on its way
         self._received: deque[FeedDelivery] = deque()
         self._wakeup_pending = False
+        #: set by the loop each time it took what was received (the thread may read on)
+        self._taken = threading.Event()
         #: set once the first connection consumes (or failed for good: see ``error``)
         self.consuming = threading.Event()
         self.error: BaseException | None = None
@@ -440,6 +450,7 @@ class AlertFeed:
     async def stop(self) -> None:
         """Stop consuming and close the connection (unacknowledged deliveries are requeued)."""
         self._stop.set()
+        self._taken.set()  # in case the thread waits for the loop
         generation = self._generation
         if generation is not None:
             try:
@@ -469,6 +480,7 @@ class AlertFeed:
         while received:
             take = min(len(received), SLICE)
             self.deliver([received.popleft() for _ in range(take)])
+        self._taken.set()
 
     # ----------------------------------------------------------------- the thread
     def _run(self) -> None:
@@ -532,7 +544,7 @@ class AlertFeed:
             if self.declare is not None:
                 self.declare(channel)
             self._count += 1
-            generation = Generation(self._count, connection, channel)
+            generation = Generation(self, self._count, connection, channel)
             received = self._received
 
             def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
@@ -548,6 +560,10 @@ class AlertFeed:
             self.consuming.set()
             bind_at = time.monotonic() + self.rebind_interval_s
             while not self._stop.is_set():
+                if len(received) >= READ_AHEAD:
+                    self._taken.clear()
+                    if len(received) >= READ_AHEAD:  # not taken yet: let the loop catch up
+                        self._taken.wait(READ_PAUSE_MAX_S)
                 connection.process_data_events(time_limit=0.2)
                 if self.declare is not None and time.monotonic() >= bind_at:
                     self.declare(channel)  # a missing exchange: an error, and we reconnect
@@ -555,7 +571,7 @@ class AlertFeed:
                 # while deliveries keep coming, read on before waking the loop (pika reads
                 # 4 kB, about ten alerts, at a time): one wake-up per slice, not per read
                 before = -1
-                while before < len(received) < SLICE // 4:
+                while before < len(received) < READ_AHEAD:
                     before = len(received)
                     connection.process_data_events(time_limit=0)
                 if received and not self._wakeup_pending:

@@ -65,13 +65,11 @@ from .postgres import (
     identifier,
     qualified,
 )
+from .row_buffer import NumericRows, Row, copy_time
 
 log = logging.getLogger(__name__)
 
 SEED_HINT = "files/sql/seed/50_lab_endpoints.sql or postgresql_endpoints"
-
-# one row as written: endpoint_id, timestamp (naive UTC), value_raw, value_cal
-Row = tuple[int, dt.datetime, Any, Any]
 
 
 def parse_alert_time(text: str) -> dt.datetime:
@@ -126,29 +124,56 @@ TRIM_AFTER_VALUES = 20_000
 TRIM_IDLE_S = 1.0
 
 
-@dataclass
+@dataclass(eq=False)
 class _Acks:
-    """Delivery bookkeeping of one channel (tags restart on a new channel)."""
+    """Delivery bookkeeping of one channel (tags restart on a new channel).
+
+    Only delivery tags are kept, never the deliveries: up to a prefetch count (10 000) of
+    values wait for their commit, and a delivery object per value (with its routing key and
+    content encoding) was most of what a burst left behind in CPython's arenas (bench/README,
+    "the logger's growth").  The acknowledgement goes through ``channel.basic_ack``, which
+    aiormq's channel (aio-pika's ``incoming.channel``) and the feed's
+    :class:`~insectarium.dripline.alert_feed.Generation` both have.
+    """
 
     channel: Any
     inflight: set[int] = field(default_factory=set)
-    done: list[tuple[int, AbstractIncomingMessage]] = field(default_factory=list)
+    done: list[int] = field(default_factory=list)
     scheduled: bool = False
+
+    def finished(self, tags: list[int]) -> None:
+        """``tags`` are stored (or dropped): acknowledge them with the next ack."""
+        inflight = self.inflight
+        inflight.difference_update(tags)
+        self.done.extend(tags)
+        if not inflight:
+            # a set keeps its table at the largest size it had (0.5 MiB after a burst at a
+            # prefetch of 10 000) until it is replaced
+            self.inflight = set()
 
 
 @dataclass
 class Batch:
     """Values waiting for one transaction, and the future their alerts wait on."""
 
-    rows: dict[str, list[Row]] = field(default_factory=dict)
+    #: by kind: numeric rows as COPY text, the others as tuples
+    rows: dict[str, NumericRows | list[Row]] = field(default_factory=dict)
     memos: list[tuple[str, Row, str]] = field(default_factory=list)
-    #: deliveries of the lean path, acknowledged once the batch is committed
-    deliveries: list[tuple[_Acks, int, AbstractIncomingMessage]] = field(default_factory=list)
+    #: delivery tags of the lean path by channel, acknowledged once the batch is committed
+    deliveries: list[tuple[_Acks, list[int]]] = field(default_factory=list)
     size: int = 0
     started: float = 0.0
     done: asyncio.Future[None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+    def wait_for(self, acks: _Acks, tag: int) -> None:
+        """The delivery ``tag`` of ``acks`` is finished when this batch is committed."""
+        deliveries = self.deliveries
+        if deliveries and deliveries[-1][0] is acks:
+            deliveries[-1][1].append(tag)
+        else:
+            deliveries.append((acks, [tag]))
 
 
 class SensorLogger(PostgreSQLService, AlertConsumer):
@@ -317,10 +342,18 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
 
     async def _feed_loop(self) -> None:
         """Take the feed's deliveries in order; a plain alert never makes this loop wait for a
-        commit (only for an ``endpoint_id_map`` refresh), anything else gets its own task."""
+        commit (only for an ``endpoint_id_map`` refresh), anything else gets its own task.
+
+        Each delivery is let go as soon as it is handled (popped off its slice, not iterated):
+        a slice of 2 000 whole deliveries (body, encoded headers, message id: ~0.8 kB each)
+        stayed referenced until its last value was buffered, which is what the logger's heap
+        grew by in a burst.
+        """
         while True:
             deliveries = await self._feed_slices.get()
-            for incoming in deliveries:
+            deliveries.reverse()  # oldest last: popped first
+            while deliveries:
+                incoming = deliveries.pop()
                 acks = self._acks_for(incoming)
                 tag = incoming.delivery_tag
                 acks.inflight.add(tag)
@@ -345,11 +378,10 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 except Exception:
                     await self._drop(acks, tag, incoming)
                     continue
-                incoming.release()  # waits for the commit: keep no more than the tag
                 if batch is None:
-                    self._finished(acks, tag, incoming)
-                else:
-                    batch.deliveries.append((acks, tag, incoming))
+                    self._finished(acks, tag)
+                else:  # waits for the commit: only the tag is kept
+                    batch.wait_for(acks, tag)
 
     async def stop(self) -> None:
         """Write what is buffered before going (what cannot be written is redelivered later)."""
@@ -548,22 +580,27 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         if raw_v is None and cal_v is None and memo is None:
             self._malformed(name, "payload has no value_raw, value_cal or memo")
             return None
-        row: Row = (endpoint_id, timestamp, raw_v, cal_v)
-        batch = self._batch
-        if batch is None:
-            batch = self._batch = Batch(started=time.monotonic())
-            self._wake.set()
         memo_text = None if memo is None else as_text(memo) or ""
         if not _is_text(memo_text):
             self._malformed(name, "memo is not valid Unicode text")
             return None
-        if memo_text is None:
-            rows = batch.rows.get(kind)
+        batch = self._batch
+        if batch is None:
+            batch = self._batch = Batch(started=time.monotonic())
+            self._wake.set()
+        rows = batch.rows.get(kind)
+        if memo_text is not None:
+            batch.memos.append((kind, (endpoint_id, timestamp, raw_v, cal_v), memo_text))
+        elif kind == "numeric":  # the common case: as COPY text, no objects per value
+            if rows is None:
+                rows = batch.rows[kind] = NumericRows()
+            assert isinstance(rows, NumericRows)
+            rows.add(endpoint_id, copy_time(timestamp_text, timestamp), raw_v, cal_v)
+        else:
             if rows is None:
                 rows = batch.rows[kind] = []
-            rows.append(row)
-        else:
-            batch.memos.append((kind, row, memo_text))
+            assert isinstance(rows, list)
+            rows.append((endpoint_id, timestamp, raw_v, cal_v))
         batch.size += 1
         if batch.size >= self.flush_at:
             self._full.set()
@@ -598,14 +635,14 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
             batch = await self._enqueue(incoming.routing_key or "", *fast)
             if batch is not None:
                 # finished by the writer once the batch is committed: no task waits here
-                batch.deliveries.append((acks, tag, incoming))
+                batch.wait_for(acks, tag)
                 return
         except asyncio.CancelledError:
             raise  # stays in flight: never acknowledged here, redelivered after the restart
         except Exception:
             await self._drop(acks, tag, incoming)
             return
-        self._finished(acks, tag, incoming)
+        self._finished(acks, tag)
 
     async def _settle_other(self, acks: _Acks, tag: int, incoming: Any) -> None:
         """Chunked or unusual messages: the runtime's path (reassembly, full decode)."""
@@ -616,7 +653,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         except Exception:
             await self._drop(acks, tag, incoming)
             return
-        self._finished(acks, tag, incoming)
+        self._finished(acks, tag)
 
     async def _drop(self, acks: _Acks, tag: int, incoming: Any) -> None:
         log.exception("failed to process alert %s; dropped", incoming.routing_key)
@@ -624,10 +661,12 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         with contextlib.suppress(Exception):
             await incoming.nack(requeue=False)
 
-    def _finished(self, acks: _Acks, tag: int, incoming: AbstractIncomingMessage) -> None:
-        """A delivery is done with (stored or dropped): it may be acknowledged."""
-        acks.inflight.discard(tag)
-        acks.done.append((tag, incoming))
+    def _finished(self, acks: _Acks, *tags: int) -> None:
+        """Deliveries are done with (stored or dropped): they may be acknowledged."""
+        acks.finished(list(tags))
+        self._ack_soon(acks)
+
+    def _ack_soon(self, acks: _Acks) -> None:
         if not acks.scheduled:
             acks.scheduled = True
             asyncio.get_running_loop().call_later(ACK_DELAY_S, self._schedule_ack, acks)
@@ -678,13 +717,15 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
 
     async def _send_acks(self, acks: _Acks) -> None:
         limit = min(acks.inflight) if acks.inflight else None
-        ready = [d for d in acks.done if limit is None or d[0] < limit]
+        if limit is None:
+            ready, acks.done = acks.done, []
+        else:
+            ready = [t for t in acks.done if t < limit]
+            acks.done = [t for t in acks.done if t >= limit]
         if not ready:
             return
-        acks.done = [d for d in acks.done if limit is not None and d[0] >= limit]
-        _tag, last = max(ready, key=lambda d: d[0])
         try:
-            await last.ack(multiple=True)
+            await acks.channel.basic_ack(delivery_tag=max(ready), multiple=True)
         except Exception as exc:  # channel gone: the broker redelivers; duplicates are skipped
             log.info("could not acknowledge %d alerts (%s)", len(ready), exc)
             self._acks.pop(id(acks.channel), None)
@@ -718,22 +759,30 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                 raise
             finally:
                 self._current = None
-            batch.done.set_result(None)
-            for acks, tag, incoming in batch.deliveries:
-                self._finished(acks, tag, incoming)
-            if self._batch is not None:
-                self._wake.set()
-            self._since_trim += batch.size
-            if self._since_trim >= TRIM_AFTER_VALUES and self._trim_check is None:
-                self._trim_check = asyncio.get_running_loop().call_later(
-                    TRIM_IDLE_S, self._trim_when_idle, self.stored
-                )
-            # not kept while waiting for the next one: its rows and deliveries (thousands of
-            # small objects) would pin the memory of the whole burst
-            batch.rows.clear()
-            batch.memos.clear()
-            batch.deliveries.clear()
-            del batch
+            self._committed(batch)
+            del batch  # not kept while waiting for the next one
+
+    def _committed(self, batch: Batch) -> None:
+        """A batch is stored: release what waits for it, and everything it holds.
+
+        Its rows and delivery tags (thousands of small objects) are let go here, in a frame
+        that ends, not in the writer's loop, whose variables would keep the last of them
+        (and with them the memory of a whole burst) while it waits for the next batch.
+        """
+        batch.done.set_result(None)
+        for acks, tags in batch.deliveries:
+            acks.finished(tags)
+            self._ack_soon(acks)
+        if self._batch is not None:
+            self._wake.set()
+        self._since_trim += batch.size
+        if self._since_trim >= TRIM_AFTER_VALUES and self._trim_check is None:
+            self._trim_check = asyncio.get_running_loop().call_later(
+                TRIM_IDLE_S, self._trim_when_idle, self.stored
+            )
+        batch.rows.clear()
+        batch.memos.clear()
+        batch.deliveries.clear()
 
     def _trim_when_idle(self, stored_before: int) -> None:
         """After a burst, once nothing was stored for :data:`TRIM_IDLE_S`: hand the memory the
@@ -812,8 +861,11 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                         self._table_sql[kind], self._columns()
                     )
                 async with cur.copy(statement) as copy:
-                    for row in rows:
-                        await copy.write_row(row)
+                    if isinstance(rows, NumericRows):
+                        await rows.copy_to(copy)
+                    else:
+                        for row in rows:
+                            await copy.write_row(row)
 
     async def _insert_rows(self, conn: psycopg.AsyncConnection[Any], batch: Batch) -> int:
         """``INSERT … SELECT FROM unnest … ON CONFLICT DO NOTHING``; returns rows inserted."""
