@@ -313,18 +313,17 @@ class Listener:
             if ready:
                 self._step(client, now + READ_LIMIT_S)
                 last_in = now
-                while client._inbox:
-                    for msg in self.chunks.feed(*client._inbox.pop(0)):
-                        on_message(msg)
-            for msg in self.chunks.expire(now):
-                on_message(msg)
             if now >= bind_at:
-                self._bind(client)  # a missing exchange: BindRefused, and run() reconnects
+                # a missing exchange: BindRefused, and run() reconnects; deliveries that arrive
+                # while waiting for the answers join the inbox
+                self._bind(client)
                 bind_at = now + self.rebind_interval_s
                 last_in = time.monotonic()  # the broker answered
-                while client._inbox:  # what arrived while waiting for the answers
-                    for msg in self.chunks.feed(*client._inbox.pop(0)):
-                        on_message(msg)
+            while client._inbox:
+                for msg in self.chunks.feed(*client._inbox.pop(0)):
+                    on_message(msg)
+            for msg in self.chunks.expire(now):
+                on_message(msg)
             if beat is not None:
                 if now - last_in > 4 * beat:  # two heartbeat intervals without a byte
                     raise TimeoutError
