@@ -314,17 +314,13 @@ class FeedDelivery:
         "content_encoding",
         "correlation_id",
         "delivery_tag",
-        "feed",
         "message_id",
         "redelivered",
         "reply_to",
         "routing_key",
     )
 
-    def __init__(
-        self, feed: AlertFeed, generation: Generation, method: Any, properties: Any, body: bytes
-    ) -> None:
-        self.feed = feed
+    def __init__(self, generation: Generation, method: Any, properties: Any, body: bytes) -> None:
         self.channel = generation
         self.delivery_tag: int = method.delivery_tag
         self.routing_key: str = method.routing_key
@@ -358,10 +354,11 @@ class FeedDelivery:
         return {k: headers[name] for k in keys if (name := k.decode()) in headers}
 
     async def ack(self, multiple: bool = False) -> None:
-        self.feed.settle(self.channel, "ack", self.delivery_tag, multiple=multiple)
+        await self.channel.basic_ack(self.delivery_tag, multiple=multiple)
 
     async def nack(self, requeue: bool = True) -> None:
-        self.feed.settle(self.channel, "nack", self.delivery_tag, requeue=requeue)
+        generation = self.channel
+        generation.feed.settle(generation, "nack", self.delivery_tag, requeue=requeue)
 
 
 def connection_parameters(
@@ -548,7 +545,7 @@ class AlertFeed:
             received = self._received
 
             def on_message(_ch: Any, method: Any, properties: Any, body: bytes) -> None:
-                received.append(FeedDelivery(self, generation, method, properties, body))
+                received.append(FeedDelivery(generation, method, properties, body))
 
             cancelled: list[Any] = []
             channel.add_on_cancel_callback(cancelled.append)
