@@ -379,7 +379,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
                     await self._drop(acks, tag, incoming)
                     continue
                 if batch is None:
-                    self._finished(acks, tag)
+                    self._finished(acks, [tag])
                 else:  # waits for the commit: only the tag is kept
                     batch.wait_for(acks, tag)
 
@@ -642,7 +642,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         except Exception:
             await self._drop(acks, tag, incoming)
             return
-        self._finished(acks, tag)
+        self._finished(acks, [tag])
 
     async def _settle_other(self, acks: _Acks, tag: int, incoming: Any) -> None:
         """Chunked or unusual messages: the runtime's path (reassembly, full decode)."""
@@ -653,7 +653,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         except Exception:
             await self._drop(acks, tag, incoming)
             return
-        self._finished(acks, tag)
+        self._finished(acks, [tag])
 
     async def _drop(self, acks: _Acks, tag: int, incoming: Any) -> None:
         log.exception("failed to process alert %s; dropped", incoming.routing_key)
@@ -661,12 +661,9 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         with contextlib.suppress(Exception):
             await incoming.nack(requeue=False)
 
-    def _finished(self, acks: _Acks, *tags: int) -> None:
+    def _finished(self, acks: _Acks, tags: list[int]) -> None:
         """Deliveries are done with (stored or dropped): they may be acknowledged."""
-        acks.finished(list(tags))
-        self._ack_soon(acks)
-
-    def _ack_soon(self, acks: _Acks) -> None:
+        acks.finished(tags)
         if not acks.scheduled:
             acks.scheduled = True
             asyncio.get_running_loop().call_later(ACK_DELAY_S, self._schedule_ack, acks)
@@ -771,8 +768,7 @@ class SensorLogger(PostgreSQLService, AlertConsumer):
         """
         batch.done.set_result(None)
         for acks, tags in batch.deliveries:
-            acks.finished(tags)
-            self._ack_soon(acks)
+            self._finished(acks, tags)
         if self._batch is not None:
             self._wake.set()
         self._since_trim += batch.size
