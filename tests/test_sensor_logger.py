@@ -25,6 +25,14 @@ from insectarium.services.sensor_logger import SensorLogger
 
 from .runtime_support import auth_for, eventually, mesh_for, private_vhost, running, unique
 
+#: the logger's alert queue as the recovery tests run it: durable or exclusive, read by the pika
+#: feed, and durable read by aio-pika
+EVERY_QUEUE_KIND = pytest.mark.parametrize(
+    ("durable", "client"),
+    [(True, "pika"), (False, "pika"), (True, "aio-pika")],
+    ids=["durable", "exclusive", "durable-aio-pika"],
+)
+
 
 def db_auth(dsn: str, amqp_url: str) -> tuple[Authentication, dict[str, Any]]:
     """Credentials (dripline + postgres groups) and the service-level database keys."""
@@ -177,11 +185,7 @@ async def test_durable_queue_keeps_values_sent_while_stopped(
     assert left.declaration_result.message_count == 0
 
 
-@pytest.mark.parametrize(
-    ("durable", "client"),
-    [(True, "pika"), (False, "pika"), (True, "aio-pika")],
-    ids=["durable", "exclusive", "durable-aio-pika"],
-)
+@EVERY_QUEUE_KIND
 async def test_the_logger_stores_again_after_its_queue_was_deleted(
     lab_database: str,
     amqp_url: str,
@@ -237,11 +241,7 @@ async def test_the_logger_stores_again_after_its_queue_was_deleted(
             rabbitmq_server.ctl("delete_queue", "-p", vhost, queue, check=False)
 
 
-@pytest.mark.parametrize(
-    ("durable", "client"),
-    [(True, "pika"), (False, "pika"), (True, "aio-pika")],
-    ids=["durable", "exclusive", "durable-aio-pika"],
-)
+@EVERY_QUEUE_KIND
 async def test_the_logger_binds_again_after_the_alerts_exchange_was_deleted(
     lab_database: str,
     amqp_url: str,
