@@ -8,7 +8,13 @@ import pytest
 
 from insectarium.cli.common import parse_scalar, split_arguments
 from insectarium.dripline.calibration import CalibrationError, apply_calibration, evaluate
-from insectarium.dripline.config import Authentication, ConfigError, load_mesh, substitute_env
+from insectarium.dripline.config import (
+    Authentication,
+    ConfigError,
+    load_file,
+    load_mesh,
+    substitute_env,
+)
 from insectarium.dripline.factory import create_service
 
 
@@ -173,3 +179,24 @@ def test_keyword_addresses() -> None:
     values, kw = split_arguments(["run1", "10", "a.b.0=3", "a.c=x", "flag=true"])
     assert values == ["run1", 10]
     assert kw == {"a": {"b": [3], "c": "x"}, "flag": True}
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_a_file_nested_too_deeply_is_a_config_error_naming_the_file(tmp_path, suffix) -> None:
+    """Both parsers recurse per level: 5 000 levels were a RecursionError traceback."""
+    path = tmp_path / f"deep{suffix}"
+    path.write_text('{"name": "s", "x": ' + "[" * 5000 + "]" * 5000 + "}")
+    with pytest.raises(ConfigError) as exc:
+        load_file(path)
+    assert (
+        str(exc.value)
+        == f"{path}: nested too deeply (more levels of lists or mappings than can be read)"
+    )
+
+
+def test_a_long_wrong_value_is_shown_clipped() -> None:
+    with pytest.raises(ConfigError) as exc:
+        create_service({"name": "s", "prefetch_count": ["x" * 10] * 10_000, "endpoints": []})
+    message = str(exc.value)
+    assert message.startswith("prefetch_count: Input should be a valid integer (got ['xxxxxxxxxx'")
+    assert message.endswith(" characters cut])") and len(message) < 300

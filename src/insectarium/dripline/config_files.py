@@ -46,15 +46,22 @@ def load_file(path: str | os.PathLike[str]) -> Any:
         raise ConfigError("file not found", source=p) from None
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", source=p) from None
+    # both parsers recurse once per level of nesting: a file nested thousands of levels deep
+    # would end in a RecursionError traceback instead of a message naming the file
+    too_deep = "nested too deeply (more levels of lists or mappings than can be read)"
     if p.suffix.lower() == ".json":
         try:
             return json.loads(text)
         except json.JSONDecodeError as exc:
             raise ConfigError(f"invalid JSON at line {exc.lineno}: {exc.msg}", source=p) from None
+        except RecursionError:
+            raise ConfigError(too_deep, source=p) from None
     import yaml
 
     try:
         return yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(too_deep, source=p) from None
     except json.JSONDecodeError as exc:
         raise ConfigError(f"invalid JSON at line {exc.lineno}: {exc.msg}", source=p) from None
     except yaml.YAMLError as exc:

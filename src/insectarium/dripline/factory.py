@@ -20,6 +20,7 @@ from typing import Any
 
 from .config_files import ConfigError, suggest
 from .endpoint import Endpoint
+from .limits import clip
 from .value_check import check_value
 
 SEARCH_MODULES = ("insectarium.services", "insectarium.dripline")
@@ -150,7 +151,7 @@ def check_keys(
             try:
                 checked = check_value(value, hint)
             except ValueError as exc:
-                problems.append(f"{where}{key}: {exc} (got {value!r})")
+                problems.append(f"{where}{key}: {exc} (got {clip(repr(value), 200)})")
                 continue
         out[key] = checked
     given = {**config, **(runtime or {})}
